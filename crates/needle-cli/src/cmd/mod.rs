@@ -1,0 +1,87 @@
+//! One module per subcommand, and the model arguments they share.
+
+pub mod bench;
+pub mod generate;
+pub mod inspect;
+pub mod models;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use needle_runtime::{lora, LoadOptions, LoadedModel};
+
+/// How to find and load a model; shared by every command that takes one.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A GGUF file, a Hugging Face model directory (or hub cache directory), a PEFT adapter
+    /// directory whose base is known, or an alias from `needle models list`.
+    pub model: String,
+    /// A PEFT LoRA adapter directory to merge into the model.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Use this chat template instead of the model's own: a built-in name (chatml, gemma,
+    /// llama3, phi3) or a Jinja file.
+    #[arg(long, value_name = "FILE|NAME")]
+    pub chat_template: Option<String>,
+}
+
+/// Resolves an alias or path: an existing path wins, then a fetched alias.
+fn resolve(name: &str) -> Result<PathBuf> {
+    Ok(needle_fetch::resolve(name)?.path)
+}
+
+/// The base model an adapter names, looked up as an alias, a path relative to the adapter,
+/// or a path as written.
+fn adapter_base(adapter: &Path) -> Result<PathBuf> {
+    let base = lora::read_adapter_base(adapter)?.with_context(|| {
+        format!(
+            "{}: the adapter does not name its base model (base_model_name_or_path); pass the base model and --adapter",
+            adapter.display()
+        )
+    })?;
+    let relative = adapter.join(&base);
+    if relative.exists() {
+        return Ok(relative);
+    }
+    resolve(&base).with_context(|| format!("{}: cannot find the adapter's base model {base:?}", adapter.display()))
+}
+
+impl ModelArgs {
+    /// Resolves and loads the model, with a spinner on stderr.
+    pub fn load(&self) -> Result<LoadedModel> {
+        let mut path = resolve(&self.model)?;
+        let mut adapter = self.adapter.clone();
+        if path.is_dir() && lora::is_adapter_dir(&path) {
+            if adapter.is_some() {
+                anyhow::bail!(
+                    "{}: is itself an adapter; pass its base model as MODEL with --adapter",
+                    path.display()
+                );
+            }
+            adapter = Some(path.clone());
+            path = adapter_base(&path)?;
+        }
+        let opts = LoadOptions {
+            adapter,
+            chat_template: self.chat_template.clone(),
+        };
+        let spinner = indicatif::ProgressBar::new_spinner();
+        spinner.set_message(format!("loading {}", path.display()));
+        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+        let loaded = Candle::run(|| LoadedModel::load(&path, &opts));
+        spinner.finish_and_clear();
+        Ok(loaded?)
+    }
+}
+
+/// Runs CPU work inside candle's thread pool, which keeps its workers warm across the many
+/// short parallel sections of a forward pass.
+pub struct Candle;
+
+impl Candle {
+    /// Runs `f` in candle's CPU context.
+    pub fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        candle_core::Device::Cpu.with_context(f)
+    }
+}

