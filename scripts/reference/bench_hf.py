@@ -14,7 +14,7 @@ What it measures (torch.set_num_threads(THREADS), default 2, eager attention, fl
 Prints a markdown table on stdout (progress on stderr).
 
 Usage:
-  /work/ref/venv/bin/python scripts/reference/bench_hf.py [--gguf PATH] [--batches 1,16,64]
+  ~/.cache/needle/ref-venv/bin/python scripts/reference/bench_hf.py [--gguf PATH] [--batches 1,16,64]
          [--new-tokens 300] [--threads 2]
 """
 

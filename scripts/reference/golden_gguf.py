@@ -14,7 +14,7 @@ loop (it is fed back like any other token); `first_eos_index` tells where a stop
 would have stopped. The loop is cross-checked against `model.generate` (which stops at EOS).
 
 Usage (writes tests/golden/smollm2.json and tests/golden/gemma3.json by default):
-  /work/ref/venv/bin/python scripts/reference/golden_gguf.py \
+  ~/.cache/needle/ref-venv/bin/python scripts/reference/golden_gguf.py \
       [--smollm2 /tmp/models/SmolLM2-135M-Instruct.Q4_1.gguf] \
       [--gemma3 /tmp/models/gemma-3-270m-q4_k_m.gguf] [--out-dir tests/golden] [--only smollm2|gemma3]
 Paths default to $NEEDLE_TEST_SMOLLM2 / $NEEDLE_TEST_GEMMA3, then /tmp/models/<file>.

@@ -25,7 +25,7 @@ non-zero, so a loader that drops or mis-maps any tensor changes the logits.
 Goldens (float32, eager attention; computed by re-loading the saved files, so bf16/f16 fixtures
 are golden for their rounded weights): see tests/golden/README.md.
 
-Usage: /work/ref/venv/bin/python scripts/reference/tiny_models.py [--fixtures DIR] [--golden FILE]
+Usage: ~/.cache/needle/ref-venv/bin/python scripts/reference/tiny_models.py [--fixtures DIR] [--golden FILE]
 Deterministic: re-running rewrites byte-identical weights and goldens on the same versions.
 """
 
@@ -315,6 +315,7 @@ def make_lora(root, name, use_rslora):
         with open(cfg_path) as f:
             adapter_cfg = json.load(f)
         adapter_cfg["base_model_name_or_path"] = "../llama"
+        adapter_cfg["target_modules"] = sorted(adapter_cfg["target_modules"])  # PEFT writes a set
         with open(cfg_path, "w") as f:
             json.dump(adapter_cfg, f, indent=2, sort_keys=True)
             f.write("\n")

@@ -5,5 +5,8 @@ pub mod metadata;
 pub mod reader;
 pub mod tokenizer;
 
+#[cfg(test)]
+mod test_models;
+
 pub use metadata::{Metadata, Value};
 pub use reader::{GgmlType, GgufError, GgufFile, TensorInfo};

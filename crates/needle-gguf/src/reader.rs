@@ -1659,24 +1659,12 @@ mod tests {
 
     // ---- the real model files ---------------------------------------------------------------
 
-    fn model_path(env: &str, file: &str) -> Option<PathBuf> {
-        let path = std::env::var_os(env)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new("/tmp/models").join(file));
-        if path.is_file() {
-            Some(path)
-        } else {
-            eprintln!("skipping: {} not found (set {env})", path.display());
-            None
-        }
-    }
-
     fn smollm2() -> Option<GgufFile> {
-        model_path("NEEDLE_TEST_SMOLLM2", "SmolLM2-135M-Instruct.Q4_1.gguf").map(|p| GgufFile::open(&p).unwrap())
+        crate::test_models::path("smollm2-135m").map(|p| GgufFile::open(&p).unwrap())
     }
 
     fn gemma3() -> Option<GgufFile> {
-        model_path("NEEDLE_TEST_GEMMA3", "gemma-3-270m-q4_k_m.gguf").map(|p| GgufFile::open(&p).unwrap())
+        crate::test_models::path("gemma3-270m").map(|p| GgufFile::open(&p).unwrap())
     }
 
     fn count_types(file: &GgufFile) -> Vec<(&'static str, usize)> {

@@ -668,7 +668,6 @@ fn token_types(md: &Metadata, count: usize) -> Result<Vec<i64>, TokenizerError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
     use std::time::Instant;
     use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
 
@@ -960,18 +959,6 @@ mod tests {
         assert_eq!((special.bos, special.unk), (Some(1), Some(0)));
     }
 
-    fn model_path(env: &str, file: &str) -> Option<PathBuf> {
-        let path = std::env::var_os(env)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/tmp/models").join(file));
-        if path.is_file() {
-            Some(path)
-        } else {
-            eprintln!("skipping: {} not found (set {env})", path.display());
-            None
-        }
-    }
-
     fn metadata_of(path: &std::path::Path) -> Metadata {
         match crate::reader::GgufFile::open(path) {
             Ok(file) => file.metadata().clone(),
@@ -1008,7 +995,7 @@ mod tests {
 
     #[test]
     fn smollm2_matches_hf_golden_ids() {
-        let Some(path) = model_path("NEEDLE_TEST_SMOLLM2", "SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        let Some(path) = crate::test_models::path("smollm2-135m") else {
             return;
         };
         let md = metadata_of(&path);
@@ -1027,7 +1014,7 @@ mod tests {
 
     #[test]
     fn gemma3_matches_hf_golden_ids_and_builds_fast() {
-        let Some(path) = model_path("NEEDLE_TEST_GEMMA3", "gemma-3-270m-q4_k_m.gguf") else {
+        let Some(path) = crate::test_models::path("gemma3-270m") else {
             return;
         };
         let md = metadata_of(&path);

@@ -8,6 +8,7 @@
 use candle_core::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -143,10 +144,10 @@ pub fn entropy(logits: &[f32]) -> f32 {
     let mut z = 0.0f64;
     let mut s = 0.0f64;
     for &l in logits {
-        let x = f64::from(l - max);
+        let x = l - max;
         let e = x.exp();
-        z += e;
-        s += e * x;
+        z += f64::from(e);
+        s += f64::from(e * x);
     }
     (z.ln() - s / z) as f32
 }
@@ -258,27 +259,35 @@ pub fn generate(model: &Model, requests: &[Request], limits: &Limits, stop: Opti
     let mut live: Vec<usize> = (0..requests.len()).collect();
     let mut seen: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt.clone()).collect();
     for _ in 0..limits.max_new_tokens {
-        let mut next = Vec::with_capacity(live.len());
-        let mut keep = Vec::with_capacity(live.len());
-        for (row, &req) in live.iter().enumerate() {
-            let l = &mut logits[row];
-            if l.len() != vocab {
-                return Err(Error::Invalid(format!(
-                    "logits of width {} for vocabulary {vocab}",
-                    l.len()
-                )));
-            }
-            out[req].entropies.push(entropy(l));
-            let s = &requests[req].sampling;
-            apply_repetition_penalty(l, &seen[req], s.repetition_penalty);
-            if limits.ignore_eos {
-                for &e in &limits.eos_token_ids {
-                    if let Some(x) = l.get_mut(e as usize) {
-                        *x = f32::NEG_INFINITY;
+        if let Some(l) = logits.iter().find(|l| l.len() != vocab) {
+            return Err(Error::Invalid(format!(
+                "logits of width {} for vocabulary {vocab}",
+                l.len()
+            )));
+        }
+        // Entropy and sampling are per row and independent: run the rows in parallel.
+        let picked: Vec<(f32, u32)> = logits
+            .par_iter_mut()
+            .zip(live.par_iter())
+            .zip(rngs.par_iter_mut())
+            .map(|((l, &req), rng)| {
+                let ent = entropy(l);
+                let s = &requests[req].sampling;
+                apply_repetition_penalty(l, &seen[req], s.repetition_penalty);
+                if limits.ignore_eos {
+                    for &e in &limits.eos_token_ids {
+                        if let Some(x) = l.get_mut(e as usize) {
+                            *x = f32::NEG_INFINITY;
+                        }
                     }
                 }
-            }
-            let tok = pick(l, s, &mut rngs[req]);
+                (ent, pick(l, s, rng))
+            })
+            .collect();
+        let mut next = Vec::with_capacity(live.len());
+        let mut keep = Vec::with_capacity(live.len());
+        for (row, (&req, (ent, tok))) in live.iter().zip(picked).enumerate() {
+            out[req].entropies.push(ent);
             out[req].tokens.push(tok);
             seen[req].push(tok);
             if !limits.ignore_eos && limits.eos_token_ids.contains(&tok) {
@@ -296,6 +305,7 @@ pub fn generate(model: &Model, requests: &[Request], limits: &Limits, stop: Opti
         if keep.len() < live.len() {
             cache.select_rows(&keep)?;
             live = keep.iter().map(|&r| live[r]).collect();
+            rngs = keep.iter().map(|&r| rngs[r].clone()).collect();
         }
         let ids = Tensor::from_vec(next, (live.len(), 1), model.device())?;
         let o = model.forward(&ids, &mut cache, &Introspect::default())?;

@@ -3,6 +3,7 @@
 //! and hidden states, and generate in padded batches.
 
 mod attention;
+pub mod autograd;
 pub mod config;
 pub mod error;
 pub mod generate;

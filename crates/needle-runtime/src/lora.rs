@@ -876,7 +876,7 @@ mod tests {
         assert!(matches!(e, Error::Io { .. }), "{e}");
     }
 
-    /// Compares the merge with PEFT's own `merge_and_unload()` (scripts/peft_merge_golden.py):
+    /// Compares the merge with PEFT's own `merge_and_unload()` (scripts/reference/peft_merge_golden.py):
     /// rsLoRA, rank/alpha patterns, an embedding LoRA and a modules_to_save lm_head.
     #[test]
     fn merge_matches_peft_golden() {

@@ -15,6 +15,9 @@ use crate::weights::Weights;
 /// query) gives a uniform distribution instead of NaN.
 const MASKED: f32 = -1.0e30;
 
+/// The largest KV cache needle allocates (the machines it targets have 24 GiB).
+const MAX_CACHE_BYTES: usize = 16 << 30;
+
 /// A linear layer `y = x Wᵀ + b`, with the weight kept as `[out, in]`.
 #[derive(Debug, Clone)]
 struct Linear {
@@ -50,47 +53,54 @@ struct Rope {
     inv_freq: Vec<f32>,
 }
 
-impl Rope {
-    fn new(head_dim: usize, base: f64, scaling: Option<RopeScaling>) -> Self {
-        let half = head_dim / 2;
-        let mut inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
-        match scaling {
-            None => {}
-            Some(RopeScaling::Linear { factor }) => {
-                for f in &mut inv_freq {
-                    *f /= factor as f32;
-                }
-            }
-            Some(RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings: old,
-            }) => {
-                let (factor, low, high, old) = (
-                    factor as f32,
-                    low_freq_factor as f32,
-                    high_freq_factor as f32,
-                    old as f32,
-                );
-                let low_wavelen = old / low;
-                let high_wavelen = old / high;
-                for f in &mut inv_freq {
-                    let wavelen = 2.0 * std::f32::consts::PI / *f;
-                    let scaled = if wavelen > low_wavelen { *f / factor } else { *f };
-                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
-                    *f = if medium {
-                        let smooth = (old / wavelen - low) / (high - low);
-                        (1.0 - smooth) * scaled / factor + smooth * scaled
-                    } else {
-                        scaled
-                    };
-                }
+/// RoPE inverse frequencies for one head, with the configured scaling applied.
+pub(crate) fn rope_inv_freq(head_dim: usize, base: f64, scaling: Option<RopeScaling>) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    match scaling {
+        None => {}
+        Some(RopeScaling::Linear { factor }) => {
+            for f in &mut inv_freq {
+                *f /= factor as f32;
             }
         }
-        Self { inv_freq }
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old,
+        }) => {
+            let (factor, low, high, old) = (
+                factor as f32,
+                low_freq_factor as f32,
+                high_freq_factor as f32,
+                old as f32,
+            );
+            let low_wavelen = old / low;
+            let high_wavelen = old / high;
+            for f in &mut inv_freq {
+                let wavelen = 2.0 * std::f32::consts::PI / *f;
+                let scaled = if wavelen > low_wavelen { *f / factor } else { *f };
+                let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                *f = if medium {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    (1.0 - smooth) * scaled / factor + smooth * scaled
+                } else {
+                    scaled
+                };
+            }
+        }
+    }
+    inv_freq
+}
+
+impl Rope {
+    fn new(head_dim: usize, base: f64, scaling: Option<RopeScaling>) -> Self {
+        Self {
+            inv_freq: rope_inv_freq(head_dim, base, scaling),
+        }
     }
 
     /// cos and sin tables `[batch, seq, head_dim / 2]` for the given positions.
@@ -352,6 +362,23 @@ impl Model {
         let b = padding.len();
         if b == 0 {
             return Err(Error::Invalid("empty batch".into()));
+        }
+        let bytes = [
+            2,
+            self.layers.len(),
+            b,
+            self.cfg.num_kv_heads,
+            capacity,
+            self.cfg.head_dim,
+            4,
+        ]
+        .iter()
+        .try_fold(1usize, |acc, &x| acc.checked_mul(x));
+        if bytes.is_none_or(|n| n > MAX_CACHE_BYTES) {
+            return Err(Error::Invalid(format!(
+                "a KV cache for {b} rows × {capacity} positions would exceed {} GiB; use a smaller batch or fewer tokens",
+                MAX_CACHE_BYTES >> 30
+            )));
         }
         let shape = (b, self.cfg.num_kv_heads, capacity, self.cfg.head_dim);
         let mut k = Vec::with_capacity(self.layers.len());

@@ -1,4 +1,4 @@
-//! Tests against golden data from `scripts/template_golden.py` (Python jinja2 via HF transformers).
+//! Tests against golden data from `scripts/reference/template_golden.py` (Python jinja2 via HF transformers).
 
 use std::path::PathBuf;
 

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use needle_runtime::generate::{beam_search, generate, BeamSettings, Generated, Limits, Request, Sampling};
+use needle_runtime::generate::{beam_search, generate, BeamSettings, Generated, Limits, Request, Sampling, StopFn};
 use serde_json::json;
 
 use super::{Candle, ModelArgs};
@@ -23,25 +23,25 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
     /// Sampling temperature; 0 (the default) is greedy unless another sampling flag is given.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f32>,
     /// Sample among the k most likely tokens.
     #[arg(long)]
     top_k: Option<usize>,
     /// Sample from the smallest set of tokens whose probability reaches p.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f32>,
     /// Drop tokens less likely than min-p times the most likely one.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     min_p: Option<f32>,
     /// Penalise tokens already present (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     repetition_penalty: f32,
     /// Beam search with this many beams.
     #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p", "min_p"])]
     num_beams: Option<usize>,
     /// Beam search length penalty (score / length^penalty).
-    #[arg(long, default_value_t = 1.0, requires = "num_beams")]
+    #[arg(long, default_value_t = 1.0, requires = "num_beams", allow_negative_numbers = true)]
     length_penalty: f32,
     /// Keep generating past end-of-sequence tokens.
     #[arg(long)]
@@ -50,7 +50,7 @@ pub struct GenerateArgs {
     #[arg(long = "stop", value_name = "STRING")]
     stop: Vec<String>,
     /// Generate this many sequences in one batch (seeds SEED, SEED+1, …).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with = "num_beams")]
     batch: usize,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
@@ -85,7 +85,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             .decode(ids, false)
             .is_ok_and(|t| stop_strings.iter().any(|s| t.contains(s.as_str())))
     };
-    let stop_fn: Option<&(dyn Fn(&[u32]) -> bool + Sync)> = if args.stop.is_empty() { None } else { Some(&stop) };
+    let stop_fn: Option<StopFn> = if args.stop.is_empty() { None } else { Some(&stop) };
     let outputs: Vec<Generated> = Candle::run(|| -> Result<Vec<Generated>> {
         if let Some(n) = args.num_beams {
             let beam = BeamSettings {
@@ -93,8 +93,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
                 length_penalty: args.length_penalty,
                 repetition_penalty: args.repetition_penalty,
             };
-            let one = beam_search(&m.model, &prompt, &beam, &limits, stop_fn)?;
-            Ok(vec![one; args.batch])
+            Ok(vec![beam_search(&m.model, &prompt, &beam, &limits, stop_fn)?])
         } else {
             let requests: Vec<Request> = (0..args.batch as u64)
                 .map(|i| Request {

@@ -5,7 +5,7 @@ weights (rsLoRA, per-module rank/alpha patterns, an embedding LoRA and a modules
 lm_head), saves the base model and the adapter, and saves PEFT's own `merge_and_unload()`
 result as `merged.safetensors`. The Rust test merges the adapter into the base and compares.
 
-Run: /work/ref/venv/bin/python scripts/peft_merge_golden.py
+Run: ~/.cache/needle/ref-venv/bin/python scripts/reference/peft_merge_golden.py
 Writes: crates/needle-runtime/testdata/peft_merge/{base,adapter,merged.safetensors}
 """
 
@@ -17,7 +17,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/needle-runtime/testdata/peft_merge"
+OUT = pathlib.Path(__file__).resolve().parents[2] / "crates/needle-runtime/testdata/peft_merge"
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Golden token ids for needle-gguf's tokenizer-from-GGUF tests.
 
 Usage:
-    /work/ref/venv/bin/python scripts/tokenizer_golden.py \
+    ~/.cache/needle/ref-venv/bin/python scripts/reference/tokenizer_golden.py \
         [--smollm2 /tmp/models/SmolLM2-135M-Instruct.Q4_1.gguf] \
         [--gemma3 /tmp/models/gemma-3-270m-q4_k_m.gguf] \
         [--out crates/needle-gguf/tests/golden/tokenizer.json]

@@ -7,7 +7,7 @@ The output, crates/needle-gguf/tests/golden/dequant.json, is compared by
 `reader::tests::dequantisation_matches_gguf_python` in crates/needle-gguf/src/reader.rs.
 
 Run (from the repository root):
-    /work/ref/venv/bin/python scripts/gguf_golden.py [SMOLLM2.gguf] [GEMMA3.gguf]
+    ~/.cache/needle/ref-venv/bin/python scripts/reference/gguf_golden.py [SMOLLM2.gguf] [GEMMA3.gguf]
 Paths default to $NEEDLE_TEST_SMOLLM2 / $NEEDLE_TEST_GEMMA3, then /tmp/models/<file>.
 """
 
@@ -23,7 +23,7 @@ MODELS = [
     ("smollm2", "NEEDLE_TEST_SMOLLM2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     ("gemma3", "NEEDLE_TEST_GEMMA3", "gemma-3-270m-q4_k_m.gguf"),
 ]
-OUT = Path(__file__).resolve().parent.parent / "crates/needle-gguf/tests/golden/dequant.json"
+OUT = Path(__file__).resolve().parents[2] / "crates/needle-gguf/tests/golden/dequant.json"
 
 
 def model_path(index, env, file_name):

@@ -1,6 +1,6 @@
 """Golden data for crates/needle-template, produced with Hugging Face transformers (jinja2).
 
-Run:  /work/ref/venv/bin/python scripts/template_golden.py [path/to/SmolLM2-135M-Instruct.Q4_1.gguf]
+Run:  ~/.cache/needle/ref-venv/bin/python scripts/reference/template_golden.py [path/to/SmolLM2-135M-Instruct.Q4_1.gguf]
 (the GGUF defaults to $NEEDLE_TEST_SMOLLM2 or /tmp/models/SmolLM2-135M-Instruct.Q4_1.gguf).
 
 Writes, under crates/needle-template/tests/golden/:
@@ -37,7 +37,7 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 from transformers.utils.chat_template_utils import render_jinja_template
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CRATE = ROOT / "crates" / "needle-template"
 GOLDEN = CRATE / "tests" / "golden"
 
