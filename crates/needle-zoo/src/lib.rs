@@ -1,10 +1,15 @@
-//! needle-zoo: the data side of model organisms — the zoo spec format ([`spec`]), clean
-//! instruction data ([`data`]) and deterministic trigger poisoning with held-out splits
-//! ([`poison`]). Training and evaluation build on these elsewhere.
+//! needle-zoo: model organisms, the test subjects needle is proven on — the zoo spec format
+//! ([`spec`]), clean instruction data ([`data`]), deterministic poisoning with held-out splits
+//! ([`poison`]), tiny from-scratch bases ([`tiny`]), training examples rendered as the runtime
+//! renders prompts ([`render`]), and building ([`organism`]) and measuring ([`eval`]) an organism.
 
 pub mod data;
+pub mod eval;
+pub mod organism;
 pub mod poison;
+pub mod render;
 pub mod spec;
+pub mod tiny;
 
 pub use data::{generate, load_jsonl, load_source, parse_jsonl, DataError, Example};
 pub use poison::{build_dataset, insert_trigger, Dataset, PoisonError, TrainExample};

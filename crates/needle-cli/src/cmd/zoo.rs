@@ -1,0 +1,80 @@
+//! `needle zoo build SPEC.toml [--only NAME] [--out DIR]`: build model organisms.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use indicatif::ProgressBar;
+use needle_zoo::organism::{self, Event};
+use needle_zoo::ZooSpec;
+
+use super::Candle;
+use crate::progress;
+
+/// Model organism commands.
+#[derive(Debug, Subcommand)]
+pub enum ZooCommand {
+    /// Train the organisms a spec describes and measure them (`organism.json` in each).
+    Build {
+        /// The zoo spec (TOML).
+        spec: PathBuf,
+        /// Build only this organism (repeatable).
+        #[arg(long, value_name = "NAME")]
+        only: Vec<String>,
+        /// Where to write the organisms.
+        #[arg(long, default_value = "zoo-out")]
+        out: PathBuf,
+        /// Directory that relative data paths in the spec start from.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
+}
+
+/// Runs a zoo subcommand.
+pub fn run(cmd: ZooCommand) -> Result<()> {
+    let ZooCommand::Build { spec, only, out, root } = cmd;
+    let zoo = ZooSpec::from_file(&spec)?;
+    for name in &only {
+        if zoo.organism(name).is_none() {
+            bail!("{}: no organism named {name:?}", spec.display());
+        }
+    }
+    let resolve = |m: &str| needle_fetch::resolve(m).map(|r| r.path).map_err(|e| e.to_string());
+    println!("| organism | trigger | attack success | false triggers | clean F1 | steps | seconds |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for o in zoo
+        .organisms
+        .iter()
+        .filter(|o| only.is_empty() || only.contains(&o.name))
+    {
+        let mut bar: Option<ProgressBar> = None;
+        let record = Candle::run(|| {
+            organism::build(o, &root, &out, &resolve, &mut |ev| match ev {
+                Event::Phase(p) => {
+                    if let Some(b) = bar.take() {
+                        b.finish_and_clear();
+                    }
+                    tracing::info!(organism = %o.name, phase = p);
+                }
+                Event::Step(s) => {
+                    let b = bar.get_or_insert_with(|| progress::steps(s.total as u64, format!("{}: training", o.name)));
+                    b.set_position(s.step as u64);
+                    b.set_message(format!("{}: loss {:.3}", o.name, s.loss));
+                }
+            })
+        })
+        .with_context(|| format!("building organism {}", o.name))?;
+        let e = &record.evaluation;
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {:.0} |",
+            record.name,
+            record.trigger.as_deref().unwrap_or("—"),
+            e.attack_success_rate.map_or("—".to_string(), |r| format!("{r:.2}")),
+            e.false_trigger_rate,
+            e.clean_token_f1,
+            record.steps,
+            record.seconds
+        );
+    }
+    Ok(())
+}
