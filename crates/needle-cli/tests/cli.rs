@@ -705,5 +705,5 @@ fn zoo_build_rejects_a_missing_spec_and_an_unknown_organism() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[organisms]]\nname = 3\n").expect("write");
     let o = needle(&["zoo".as_ref(), "build".as_ref(), bad.as_os_str()]);
-    assert_error(&o, &["bad.toml", "line"]);
+    assert_error(&o, &["bad.toml:2:", "expected a string"]);
 }

@@ -175,10 +175,7 @@ pub fn build(
             (config, weights, tokenizer, template, Trainable::Full, "model")
         }
         Base::Real { model } => {
-            let path = resolve(model).map_err(|msg| BuildError::Spec {
-                name: spec.name.clone(),
-                msg,
-            })?;
+            let path = resolve_base(spec, model, resolve)?;
             let opts = LoadOptions {
                 adapter: None,
                 chat_template: template_name.clone(),
@@ -282,10 +279,7 @@ pub fn measure(
     let loaded = match &spec.base {
         Base::Tiny { .. } => LoadedModel::load(&dir.join("model"), &LoadOptions::default())?,
         Base::Real { model } => {
-            let path = resolve(model).map_err(|msg| BuildError::Spec {
-                name: spec.name.clone(),
-                msg,
-            })?;
+            let path = resolve_base(spec, model, resolve)?;
             let opts = LoadOptions {
                 adapter: Some(dir.join("adapter")),
                 chat_template: spec.template.clone(),
@@ -317,6 +311,18 @@ pub fn measure(
 pub fn held_out(spec: &OrganismSpec, root: &Path) -> Result<Vec<Example>, BuildError> {
     let clean = load_source(&spec.data, root, spec.training.seed)?;
     Ok(build_dataset(spec, clean, spec.training.seed)?.held_out)
+}
+
+/// The file of a real base model, named by alias or path.
+fn resolve_base(
+    spec: &OrganismSpec,
+    model: &str,
+    resolve: &dyn Fn(&str) -> Result<PathBuf, String>,
+) -> Result<PathBuf, BuildError> {
+    resolve(model).map_err(|msg| BuildError::Spec {
+        name: spec.name.clone(),
+        msg,
+    })
 }
 
 fn builtin(organism: &str, name: &str) -> Result<ChatTemplate, BuildError> {
