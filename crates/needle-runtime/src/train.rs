@@ -311,7 +311,7 @@ impl Trainer {
     }
 
     /// Writes the adapter as a PEFT LoRA directory (`adapter_config.json`,
-    /// `adapter_model.safetensors`) naming `base_model`.
+    /// `adapter_model.safetensors` in f16) naming `base_model`.
     pub fn save_adapter(&self, dir: &Path, base_model: &str) -> Result<()> {
         let Trainable::Lora { rank, alpha, targets } = &self.trainable else {
             return Err(Error::Invalid("only a LoRA run has an adapter to save".into()));
@@ -320,16 +320,17 @@ impl Trainer {
             path: dir.to_path_buf(),
             source,
         })?;
+        // f16 halves the files; organisms are measured by loading the adapter back.
         let mut tensors = HashMap::new();
         for (name, p) in &self.lora {
             let stem = name.trim_end_matches(".weight");
             tensors.insert(
                 format!("base_model.model.{stem}.lora_A.weight"),
-                p.a.as_tensor().clone(),
+                p.a.as_tensor().to_dtype(DType::F16)?,
             );
             tensors.insert(
                 format!("base_model.model.{stem}.lora_B.weight"),
-                p.b.as_tensor().clone(),
+                p.b.as_tensor().to_dtype(DType::F16)?,
             );
         }
         let weights_path = dir.join("adapter_model.safetensors");

@@ -104,6 +104,11 @@ fn lora_learns_and_its_saved_adapter_reloads_to_the_same_model() {
     let b = Model::new(cfg, &trainer.merged_weights().expect("weights")).expect("trained");
     let (la, lb) = (last_logits(&a, &data[1].ids), last_logits(&b, &data[1].ids));
     let worst = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    assert!(worst < 1e-4, "reloaded adapter differs by {worst}");
+    // The adapter is stored in f16.
+    let range = lb.iter().copied().fold(f32::MIN, f32::max) - lb.iter().copied().fold(f32::MAX, f32::min);
+    assert!(
+        worst < 1e-3 * range,
+        "reloaded adapter differs by {worst} (range {range})"
+    );
     assert_ne!(la, last_logits(&base_model, &data[1].ids), "training changed the model");
 }
