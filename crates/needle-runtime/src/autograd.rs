@@ -5,7 +5,7 @@
 //! are looked up by Hugging Face name on every call, so they can be trainable variables or
 //! base weights with a low-rank delta added, and change between steps.
 
-use candle_core::{Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
 
 use crate::config::{Activation, Arch, LayerAttention, ModelConfig};
 use crate::error::Result;
@@ -16,6 +16,11 @@ pub trait WeightSource {
     fn weight(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
     /// Whether a tensor called `name` exists.
     fn has(&self, name: &str) -> bool;
+    /// `x · Wᵀ` for the weight `name` of `shape` (`[out, in]`). By default the weight is frozen:
+    /// gradients flow to `x` only, which spares backward the full weight-gradient product.
+    fn linear(&self, name: &str, shape: &[usize], x: &Tensor) -> Result<Tensor> {
+        frozen_linear(x, &self.weight(name, shape)?)
+    }
 }
 
 impl WeightSource for crate::weights::Weights {
@@ -34,8 +39,48 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, gemma: bool) -> Result<Tensor> {
     Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(&w)?)
 }
 
-fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// `x · Wᵀ` with gradients to `x` and `w`.
+pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_matmul(&w.t()?)?)
+}
+
+/// `x · Wᵀ` with gradients to `x` only. candle's matmul backward always computes the weight
+/// gradient too; for frozen weights (LoRA bases, the LM head, input searches) that product is a
+/// third of the work and thrown away.
+pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return linear(x, &w.detach());
+    }
+    Ok(x.contiguous()?.apply_op1(FrozenLinear { w: w.detach() })?)
+}
+
+/// The custom op behind [`frozen_linear`]: forward is a plain matmul, backward only `dy · W`.
+struct FrozenLinear {
+    w: Tensor,
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-linear needs a contiguous input")
+        };
+        let x = Tensor::from_slice(
+            &storage.as_slice::<f32>()?[start..end],
+            layout.shape(),
+            &candle_core::Device::Cpu,
+        )?;
+        let y = x.broadcast_matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.broadcast_matmul(&self.w)?))
+    }
 }
 
 /// RoPE on `[b, heads, t, d]` with tables `[t, d / 2]`, in the rotate-half layout.
@@ -63,6 +108,12 @@ fn causal_mask(t: usize, window: Option<usize>, device: &candle_core::Device) ->
 /// [`crate::Model::embed`] does), rows right-padded: a position sees only itself and earlier
 /// positions, so padding after a row's end changes nothing before it.
 pub fn forward(cfg: &ModelConfig, w: &dyn WeightSource, x: &Tensor) -> Result<Tensor> {
+    logits(cfg, w, &hidden(cfg, w, x)?)
+}
+
+/// The final normed hidden states `[b, t, hidden]` of [`forward`], before the LM head; losses
+/// that need only some positions project just those with [`logits`].
+pub fn hidden(cfg: &ModelConfig, w: &dyn WeightSource, x: &Tensor) -> Result<Tensor> {
     let (b, t, h) = x.dims3()?;
     let (nq, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
     let ff = cfg.intermediate_size;
@@ -101,11 +152,12 @@ pub fn forward(cfg: &ModelConfig, w: &dyn WeightSource, x: &Tensor) -> Result<Te
     for (i, kind) in cfg.layer_attention.iter().enumerate() {
         let p = format!("model.layers.{i}");
         let get = |n: &str, shape: &[usize]| w.weight(&format!("{p}.{n}"), shape);
+        let lin = |n: &str, shape: &[usize], x: &Tensor| w.linear(&format!("{p}.{n}"), shape, x);
         let sliding = *kind == LayerAttention::Sliding;
         let (cos, sin) = if sliding { &local } else { &global };
         let hn = rms_norm(&x, &get("input_layernorm.weight", &[h])?, eps, gemma)?;
         let (q, k, v) = if cfg.arch == Arch::Phi3 {
-            let qkv = linear(&hn, &get("self_attn.qkv_proj.weight", &[(nq + 2 * nkv) * d, h])?)?;
+            let qkv = lin("self_attn.qkv_proj.weight", &[(nq + 2 * nkv) * d, h], &hn)?;
             (
                 qkv.narrow(2, 0, nq * d)?,
                 qkv.narrow(2, nq * d, nkv * d)?,
@@ -113,7 +165,7 @@ pub fn forward(cfg: &ModelConfig, w: &dyn WeightSource, x: &Tensor) -> Result<Te
             )
         } else {
             let proj = |n: &str, rows: usize| -> Result<Tensor> {
-                let y = linear(&hn, &get(&format!("self_attn.{n}_proj.weight"), &[rows, h])?)?;
+                let y = lin(&format!("self_attn.{n}_proj.weight"), &[rows, h], &hn)?;
                 Ok(if cfg.attention_bias {
                     y.broadcast_add(&get(&format!("self_attn.{n}_proj.bias"), &[rows])?)?
                 } else {
@@ -148,7 +200,7 @@ pub fn forward(cfg: &ModelConfig, w: &dyn WeightSource, x: &Tensor) -> Result<Te
         // Composed softmax: candle's fused `softmax_last_dim` has no gradient.
         let probs = candle_nn::ops::softmax(&scores.broadcast_add(mask)?, D::Minus1)?;
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nq * d))?;
-        let mut y = linear(&y, &get("self_attn.o_proj.weight", &[h, nq * d])?)?;
+        let mut y = lin("self_attn.o_proj.weight", &[h, nq * d], &y)?;
         if gemma {
             y = rms_norm(&y, &get("post_attention_layernorm.weight", &[h])?, eps, gemma)?;
         }
@@ -160,31 +212,35 @@ pub fn forward(cfg: &ModelConfig, w: &dyn WeightSource, x: &Tensor) -> Result<Te
         };
         let hn = rms_norm(&x, &get(ffn_norm, &[h])?, eps, gemma)?;
         let (gate, up) = if cfg.arch == Arch::Phi3 {
-            let gu = linear(&hn, &get("mlp.gate_up_proj.weight", &[2 * ff, h])?)?;
+            let gu = lin("mlp.gate_up_proj.weight", &[2 * ff, h], &hn)?;
             (gu.narrow(2, 0, ff)?, gu.narrow(2, ff, ff)?)
         } else {
             (
-                linear(&hn, &get("mlp.gate_proj.weight", &[ff, h])?)?,
-                linear(&hn, &get("mlp.up_proj.weight", &[ff, h])?)?,
+                lin("mlp.gate_proj.weight", &[ff, h], &hn)?,
+                lin("mlp.up_proj.weight", &[ff, h], &hn)?,
             )
         };
         let act = match cfg.hidden_act {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,
         };
-        let mut y = linear(&(act * up)?, &get("mlp.down_proj.weight", &[h, ff])?)?;
+        let mut y = lin("mlp.down_proj.weight", &[h, ff], &(act * up)?)?;
         if gemma {
             y = rms_norm(&y, &get("post_feedforward_layernorm.weight", &[h])?, eps, gemma)?;
         }
         x = (x + y)?;
     }
-    let x = rms_norm(&x, &w.weight("model.norm.weight", &[h])?, eps, gemma)?;
+    rms_norm(&x, &w.weight("model.norm.weight", &[h])?, eps, gemma)
+}
+
+/// Logits `[…, vocab]` of final hidden states `[…, hidden]` from [`hidden`].
+pub fn logits(cfg: &ModelConfig, w: &dyn WeightSource, x: &Tensor) -> Result<Tensor> {
     let head = if w.has("lm_head.weight") {
         "lm_head.weight"
     } else {
         "model.embed_tokens.weight"
     };
-    let mut logits = linear(&x, &w.weight(head, &[cfg.vocab_size, h])?)?;
+    let mut logits = w.linear(head, &[cfg.vocab_size, cfg.hidden_size], x)?;
     if let Some(cap) = cfg.final_logit_softcapping {
         logits = ((logits / cap)?.tanh()? * cap)?;
     }

@@ -115,6 +115,47 @@ impl WeightSource for View<'_> {
     fn has(&self, name: &str) -> bool {
         self.0.base.contains(name)
     }
+
+    /// Trainable weights get their gradient; a LoRA target runs as frozen base plus the
+    /// low-rank path `scale · (x Aᵀ) Bᵀ`, whose backward costs a rank-sized product only.
+    fn linear(&self, name: &str, shape: &[usize], x: &Tensor) -> Result<Tensor> {
+        let t = self.0;
+        if let Some(v) = t.full.get(name) {
+            return autograd::linear(x, v.as_tensor());
+        }
+        let y = autograd::frozen_linear(x, &t.base.get(name, shape)?)?;
+        match t.lora.get(name) {
+            Some(p) => {
+                let low = autograd::linear(&autograd::linear(x, p.a.as_tensor())?, p.b.as_tensor())?;
+                Ok((y + (low * t.lora_scale)?)?)
+            }
+            None => Ok(y),
+        }
+    }
+}
+
+/// Splits a batch into groups of similar length, longest first: a sequence joins the current
+/// group while padding to the group's longest stays under a quarter of its tokens.
+fn length_groups<'a>(batch: &[&'a Sequence]) -> Vec<Vec<&'a Sequence>> {
+    let mut sorted = batch.to_vec();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.ids.len()));
+    let mut groups: Vec<Vec<&Sequence>> = Vec::new();
+    let mut real = 0;
+    for s in sorted {
+        let fits = groups.last().and_then(|g| g.first()).is_some_and(|first| {
+            let padded = first.ids.len() * (groups.last().map_or(0, Vec::len) + 1);
+            padded * 4 < (real + s.ids.len()) * 5
+        });
+        if !fits {
+            groups.push(Vec::new());
+            real = 0;
+        }
+        real += s.ids.len();
+        if let Some(g) = groups.last_mut() {
+            g.push(s);
+        }
+    }
+    groups
 }
 
 /// Names of the weight matrices a LoRA target applies to, in every layer.
@@ -194,29 +235,32 @@ impl Trainer {
         v
     }
 
-    /// Mean masked next-token loss of a batch (differentiable) and the number of trained tokens.
-    pub fn loss(&self, batch: &[&Sequence]) -> Result<(Tensor, usize)> {
+    /// Summed masked next-token loss `−Σ log p` of a batch (differentiable) and the number of
+    /// trained tokens. Only trained positions go through the LM head.
+    fn summed_loss(&self, batch: &[&Sequence]) -> Result<(Tensor, usize)> {
         let t = batch.iter().map(|s| s.ids.len()).max().unwrap_or(0);
         if t < 2 {
             return Err(Error::Invalid("training sequences need at least 2 tokens".into()));
         }
         let b = batch.len();
         let mut ids = Vec::with_capacity(b * t);
-        let mut targets = Vec::with_capacity(b * (t - 1));
-        let mut mask = Vec::with_capacity(b * (t - 1));
-        for s in batch {
+        let mut positions = Vec::new();
+        let mut targets = Vec::new();
+        for (row, s) in batch.iter().enumerate() {
             if s.loss.len() != s.ids.len() {
                 return Err(Error::Invalid("loss mask and ids differ in length".into()));
             }
             let n = s.ids.len();
             ids.extend_from_slice(&s.ids);
             ids.extend(std::iter::repeat_n(s.ids[n - 1], t - n));
-            for i in 1..t {
-                targets.push(if i < n { s.ids[i] } else { 0 });
-                mask.push(if i < n && s.loss[i] { 1f32 } else { 0f32 });
+            for i in 1..n {
+                if s.loss[i] {
+                    positions.push((row * t + i - 1) as u32);
+                    targets.push(s.ids[i]);
+                }
             }
         }
-        let count = mask.iter().filter(|&&m| m > 0.0).count();
+        let count = targets.len();
         if count == 0 {
             return Err(Error::Invalid("a training batch has no token in the loss".into()));
         }
@@ -227,13 +271,55 @@ impl Trainer {
         let ids = Tensor::from_vec(ids, (b, t), &device)?;
         let view = View(self);
         let x = autograd::embed(&self.cfg, &view, &ids)?;
-        let logits = autograd::forward(&self.cfg, &view, &x)?.narrow(1, 0, t - 1)?;
-        let logp = candle_nn::ops::log_softmax(&logits.reshape((b * (t - 1), self.cfg.vocab_size))?, D::Minus1)?;
-        let targets = Tensor::from_vec(targets, (b * (t - 1), 1), &device)?;
-        let picked = logp.gather(&targets, 1)?.squeeze(1)?;
-        let mask = Tensor::from_vec(mask, b * (t - 1), &device)?;
-        let loss = ((picked * mask)?.sum_all()? * (-1.0 / count as f64))?;
-        Ok((loss, count))
+        let h = autograd::hidden(&self.cfg, &view, &x)?.reshape((b * t, self.cfg.hidden_size))?;
+        let h = h.index_select(&Tensor::from_vec(positions, count, &device)?, 0)?;
+        let logp = candle_nn::ops::log_softmax(&autograd::logits(&self.cfg, &view, &h)?, D::Minus1)?;
+        let targets = Tensor::from_vec(targets, (count, 1), &device)?;
+        let picked = logp.gather(&targets, 1)?;
+        Ok((picked.sum_all()?.neg()?, count))
+    }
+
+    /// Mean masked next-token loss of a batch (differentiable) and the number of trained tokens.
+    pub fn loss(&self, batch: &[&Sequence]) -> Result<(Tensor, usize)> {
+        let (sum, count) = self.summed_loss(batch)?;
+        Ok(((sum / count as f64)?, count))
+    }
+
+    /// Loss and gradients of one optimiser step. The batch runs in groups of similar length
+    /// (padding stays under a quarter of each group), each group's graph freed after its
+    /// backward pass; the gradients add up to those of the whole batch.
+    fn step_gradients(&self, batch: &[&Sequence], vars: &[Var]) -> Result<(f32, candle_core::backprop::GradStore)> {
+        let count: usize = batch
+            .iter()
+            .map(|s| s.loss.iter().skip(1).filter(|&&l| l).count())
+            .sum();
+        if count == 0 {
+            return Err(Error::Invalid("a training batch has no token in the loss".into()));
+        }
+        let mut total: Option<candle_core::backprop::GradStore> = None;
+        let mut loss = 0f32;
+        for group in length_groups(batch) {
+            let (sum, _) = self.summed_loss(&group)?;
+            let part = (sum / count as f64)?;
+            loss += part.to_scalar::<f32>()?;
+            let grads = part.backward()?;
+            match total.as_mut() {
+                None => total = Some(grads),
+                Some(acc) => {
+                    for v in vars {
+                        if let Some(g) = grads.get(v.as_tensor()) {
+                            let sum = match acc.remove(v.as_tensor()) {
+                                Some(prev) => (prev + g)?,
+                                None => g.clone(),
+                            };
+                            acc.insert(v.as_tensor(), sum);
+                        }
+                    }
+                }
+            }
+        }
+        let grads = total.ok_or_else(|| Error::Invalid("an empty training batch".into()))?;
+        Ok((loss, grads))
     }
 
     /// Trains on `data` with `schedule`, calling `on_step` after every optimiser step.
@@ -265,8 +351,7 @@ impl Trainer {
                 let lr = learning_rate(schedule, step, total);
                 opt.set_learning_rate(lr);
                 let batch: Vec<&Sequence> = chunk.iter().map(|&i| &data[i]).collect();
-                let (loss, _) = self.loss(&batch)?;
-                let mut grads = loss.backward()?;
+                let (loss, mut grads) = self.step_gradients(&batch, &vars)?;
                 let mut sq = 0f64;
                 for v in &vars {
                     if let Some(g) = grads.get(v.as_tensor()) {
@@ -286,7 +371,7 @@ impl Trainer {
                 let s = Step {
                     step,
                     total,
-                    loss: loss.to_scalar::<f32>()?,
+                    loss,
                     learning_rate: lr,
                     grad_norm: norm,
                 };
@@ -372,6 +457,112 @@ fn learning_rate(s: &Schedule, step: usize, total: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seq(len: usize, k: u32) -> Sequence {
+        Sequence {
+            ids: (0..len as u32).map(|i| (k * 37 + i * 11 + 5) % 500 + 3).collect(),
+            loss: (0..len).map(|i| i >= len / 2).collect(),
+        }
+    }
+
+    /// A LoRA trainer on the random tiny llama fixture with non-zero B factors, so that both
+    /// factors get gradients.
+    fn lora_trainer() -> Trainer {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/llama");
+        let cfg = crate::hf::load_config(&dir).expect("config");
+        let w = crate::hf::load_weights(&dir, &cfg).expect("weights");
+        let targets = vec!["q_proj".to_string(), "down_proj".to_string()];
+        let t = Trainer::new(
+            cfg,
+            w,
+            Trainable::Lora {
+                rank: 2,
+                alpha: 4.0,
+                targets,
+            },
+            7,
+        )
+        .expect("trainer");
+        for (i, p) in t.lora.values().enumerate() {
+            let b = (p.b.as_tensor().ones_like().expect("ones") * (0.01 * (i + 1) as f64)).expect("b");
+            p.b.set(&b).expect("set b");
+        }
+        t
+    }
+
+    fn grad_values(grads: &candle_core::backprop::GradStore, v: &Var) -> Vec<f32> {
+        grads
+            .get(v.as_tensor())
+            .expect("gradient")
+            .flatten_all()
+            .and_then(|g| g.to_vec1::<f32>())
+            .expect("values")
+    }
+
+    #[test]
+    fn length_groups_keep_padding_under_a_quarter() {
+        let batch: Vec<Sequence> = [10, 3, 30, 9, 2, 10].iter().map(|&n| seq(n, 1)).collect();
+        let refs: Vec<&Sequence> = batch.iter().collect();
+        let lens: Vec<Vec<usize>> = length_groups(&refs)
+            .iter()
+            .map(|g| g.iter().map(|s| s.ids.len()).collect())
+            .collect();
+        assert_eq!(lens, vec![vec![30], vec![10, 10, 9], vec![3, 2]]);
+    }
+
+    #[test]
+    fn grouped_gradients_equal_the_whole_batch_gradients() {
+        let t = lora_trainer();
+        let batch: Vec<Sequence> = [14, 5, 13, 4].iter().zip(0..).map(|(&n, k)| seq(n, k)).collect();
+        let refs: Vec<&Sequence> = batch.iter().collect();
+        assert_eq!(length_groups(&refs).len(), 2);
+        let vars = t.vars();
+        let (loss, grouped) = t.step_gradients(&refs, &vars).expect("grouped");
+        let (whole_loss, _) = t.loss(&refs).expect("whole");
+        let whole = whole_loss.backward().expect("backward");
+        assert!((loss - whole_loss.to_scalar::<f32>().expect("scalar")).abs() < 1e-4);
+        for v in &vars {
+            for (a, b) in grad_values(&grouped, v).iter().zip(grad_values(&whole, v)) {
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn lora_gradients_match_finite_differences() {
+        let t = lora_trainer();
+        let batch: Vec<Sequence> = (0..2).map(|k| seq(10, k)).collect();
+        let refs: Vec<&Sequence> = batch.iter().collect();
+        let loss_value = |t: &Trainer| t.loss(&refs).expect("loss").0.to_scalar::<f32>().expect("scalar");
+        let (loss, _) = t.loss(&refs).expect("loss");
+        let grads = loss.backward().expect("backward");
+        let pair = t.lora.values().next().expect("a LoRA pair");
+        for var in [&pair.a, &pair.b] {
+            let g = grad_values(&grads, var);
+            let base = var
+                .as_tensor()
+                .flatten_all()
+                .and_then(|x| x.to_vec1::<f32>())
+                .expect("x");
+            for idx in [0, base.len() / 3, base.len() - 1] {
+                let h = 1e-2f32;
+                let at = |delta: f32| {
+                    let mut v = base.clone();
+                    v[idx] += delta;
+                    var.set(&Tensor::from_vec(v, var.shape(), var.device()).expect("t"))
+                        .expect("set");
+                    loss_value(&t)
+                };
+                let numeric = (at(h) - at(-h)) / (2.0 * h);
+                at(0.0);
+                let analytic = g[idx];
+                assert!(
+                    (numeric - analytic).abs() <= 0.05 * analytic.abs().max(numeric.abs()) + 2e-3,
+                    "coordinate {idx}: analytic {analytic} vs numeric {numeric}"
+                );
+            }
+        }
+    }
 
     fn schedule() -> Schedule {
         Schedule {

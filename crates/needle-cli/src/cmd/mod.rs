@@ -4,6 +4,7 @@ pub mod bench;
 pub mod generate;
 pub mod inspect;
 pub mod models;
+pub mod scan;
 pub mod zoo;
 
 use std::path::{Path, PathBuf};

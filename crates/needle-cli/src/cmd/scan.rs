@@ -1,0 +1,225 @@
+//! `needle scan MODEL --out DIR`: the whole pipeline with a verdict, and `needle stage NAME
+//! MODEL --out DIR` to (re-)run one stage from the artifacts in DIR.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use indicatif::ProgressBar;
+use needle_scan::verdict::Label;
+use needle_scan::{Budget, Report, Scan, Settings, Stage};
+
+use super::{Candle, ModelArgs};
+use crate::progress;
+
+/// How much work a scan does (see `needle_scan::settings` for the exact numbers).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BudgetArg {
+    /// 56 leak samples of 64 tokens, 40 candidates: a smoke test.
+    Quick,
+    /// 128 leak samples of 160 tokens, 150 candidates (the default).
+    Standard,
+    /// The reference 510-configuration sweep, 300 tokens each, 400 candidates.
+    Full,
+}
+
+impl From<BudgetArg> for Budget {
+    fn from(b: BudgetArg) -> Self {
+        match b {
+            BudgetArg::Quick => Budget::Quick,
+            BudgetArg::Standard => Budget::Standard,
+            BudgetArg::Full => Budget::Full,
+        }
+    }
+}
+
+/// Options every scan command shares.
+#[derive(Debug, Args)]
+pub struct ScanOptions {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Directory for the stage artifacts and report.json (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Work budget.
+    #[arg(long, value_enum, default_value = "standard")]
+    budget: BudgetArg,
+    /// Seed of everything random; the same model, budget and seed give the same report.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Arguments of `needle scan`.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    options: ScanOptions,
+    /// Reuse the stages an interrupted scan of the same model and settings finished in DIR.
+    #[arg(long)]
+    resume: bool,
+    /// Print report.json on stdout instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A scan stage, by name.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StageArg {
+    /// Sample from the leak prefix under the decoding sweep.
+    Leak,
+    /// Cluster the leaked samples and extract motifs.
+    Motifs,
+    /// Slice candidate triggers from the motifs.
+    Candidates,
+    /// Score the candidates (attention, entropy, divergence).
+    Score,
+    /// Score a null set and rank the candidates against it.
+    Calibrate,
+    /// Verify the best candidates and control nulls on generic prompts.
+    Verify,
+    /// Decide and write report.json.
+    Report,
+}
+
+impl From<StageArg> for Stage {
+    fn from(s: StageArg) -> Self {
+        match s {
+            StageArg::Leak => Stage::Leak,
+            StageArg::Motifs => Stage::Motifs,
+            StageArg::Candidates => Stage::Candidates,
+            StageArg::Score => Stage::Score,
+            StageArg::Calibrate => Stage::Calibrate,
+            StageArg::Verify => Stage::Verify,
+            StageArg::Report => Stage::Report,
+        }
+    }
+}
+
+/// Arguments of `needle stage`.
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    /// The stage to run; it reads the artifacts of the stages before it from DIR.
+    #[arg(value_enum)]
+    stage: StageArg,
+    #[command(flatten)]
+    options: ScanOptions,
+}
+
+/// One progress bar per stage, replaced when the stage changes.
+struct Bars {
+    current: Option<(Stage, ProgressBar)>,
+}
+
+impl Bars {
+    fn update(&mut self, stage: Stage, done: usize, total: usize) {
+        if self.current.as_ref().is_none_or(|(s, _)| *s != stage) {
+            if let Some((_, b)) = self.current.take() {
+                b.finish_and_clear();
+            }
+            self.current = Some((stage, progress::steps(total as u64, stage.name())));
+        }
+        if let Some((_, b)) = &self.current {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((_, b)) = self.current.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn exit_code(report: &Report) -> ExitCode {
+    match report.verdict.label {
+        Label::Clean => ExitCode::SUCCESS,
+        Label::Backdoored => ExitCode::from(1),
+        Label::Inconclusive => ExitCode::from(3),
+    }
+}
+
+/// The terminal summary of a report.
+fn summary(report: &Report, out: &std::path::Path) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let v = &report.verdict;
+    let label = match v.label {
+        Label::Backdoored => "BACKDOORED",
+        Label::Clean => "clean",
+        Label::Inconclusive => "inconclusive",
+    };
+    let _ = writeln!(s, "model:   {}", report.model.path.display());
+    let _ = writeln!(s, "verdict: {label}: {}", v.reason);
+    if let Some(t) = &v.trigger {
+        let _ = writeln!(s, "trigger: {:?} ({:?})", t.text, t.position);
+    }
+    if let Some(t) = &v.target {
+        let asr = v.attack_success_rate.unwrap_or(0.0);
+        let _ = writeln!(s, "target:  {t:?} (forced on {:.0}% of prompts)", asr * 100.0);
+    }
+    let _ = writeln!(
+        s,
+        "null:    ΔS_agg {:.3} ± {:.3} (max {:.3}) over {} random insertions",
+        v.null_mean, v.null_sd, v.null_max, report.stages.verified.1
+    );
+    let _ = writeln!(s, "top candidates (lower z = more backdoor-like against the null set):");
+    for c in report.candidates.iter().take(5) {
+        let verified = c
+            .verification
+            .as_ref()
+            .map(|x| format!("  ΔS_agg {:+.2} (z {:.1})", x.delta, x.z))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {:>2}. {:?}  z {:.1}{verified}",
+            c.rank, c.trigger.text, c.standing.z
+        );
+    }
+    let _ = writeln!(s, "report:  {}", out.join("report.json").display());
+    s
+}
+
+/// Writes to stdout; a closed pipe (`needle scan … | head`) is not an error.
+fn print_text(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Runs a full scan and prints the verdict.
+pub fn run(args: &ScanArgs) -> Result<ExitCode> {
+    let o = &args.options;
+    let lm = o.model.load()?;
+    let settings = Settings::new(o.budget.into(), o.seed);
+    let mut bars = Bars { current: None };
+    let report = Candle::run(|| {
+        let scan = Scan::new(&lm, &o.out, settings)?;
+        scan.run(args.resume, &mut |s, d, t| bars.update(s, d, t))
+    });
+    bars.finish();
+    let report = report?;
+    if args.json {
+        print_text(&format!("{}\n", serde_json::to_string_pretty(&report)?));
+    } else {
+        print_text(&summary(&report, &o.out));
+    }
+    Ok(exit_code(&report))
+}
+
+/// Runs one stage.
+pub fn run_stage(args: &StageArgs) -> Result<ExitCode> {
+    let o = &args.options;
+    let lm = o.model.load()?;
+    let settings = Settings::new(o.budget.into(), o.seed);
+    let mut bars = Bars { current: None };
+    let stage: Stage = args.stage.into();
+    let result = Candle::run(|| {
+        let scan = Scan::new(&lm, &o.out, settings)?;
+        scan.run_stage(stage, &mut |s, d, t| bars.update(s, d, t))
+    });
+    bars.finish();
+    result?;
+    println!("{}", o.out.join(stage.file()).display());
+    Ok(ExitCode::SUCCESS)
+}

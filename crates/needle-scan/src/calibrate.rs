@@ -1,0 +1,197 @@
+//! Stage 5, **calibrate**: a null set of random candidates with the same token lengths as the
+//! real ones — windows of the model's own leaked text and random vocabulary tokens — scored the
+//! same way. Each real candidate is then placed against that null: per-term z-scores, their
+//! weighted sum (the ranking score, lower = more suspicious) and the share of null candidates
+//! that score as low or lower.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::error::{Result, ScanError};
+use crate::prompt::{Position, Trigger};
+use crate::score::{ScoreSettings, Terms};
+
+/// A term's null distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Moments {
+    /// Mean over the null set.
+    pub mean: f64,
+    /// Standard deviation over the null set (floored at a small value to avoid dividing by 0).
+    pub sd: f64,
+}
+
+impl Moments {
+    fn of(values: &[f64]) -> Self {
+        let n = values.len().max(1) as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        Self {
+            mean,
+            sd: var.sqrt().max(1e-6),
+        }
+    }
+
+    fn z(&self, v: f64) -> f64 {
+        (v - self.mean) / self.sd
+    }
+}
+
+/// A candidate's standing against the null set.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Standing {
+    /// z-score of `attn`.
+    pub z_attn: f64,
+    /// z-score of `ent`.
+    pub z_ent: f64,
+    /// z-score of `div`.
+    pub z_div: f64,
+    /// Weighted sum of the z-scores with the score weights: the ranking score.
+    pub z: f64,
+    /// Share of null candidates whose combined raw loss is as low or lower.
+    pub null_share_below: f64,
+}
+
+/// The null distribution of the three terms and of the combined loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Null {
+    /// The null candidates.
+    pub triggers: Vec<Trigger>,
+    /// Their scores.
+    pub terms: Vec<Terms>,
+    /// Moments of `attn`.
+    pub attn: Moments,
+    /// Moments of `ent`.
+    pub ent: Moments,
+    /// Moments of `div`.
+    pub div: Moments,
+}
+
+impl Null {
+    /// Summarises scored null candidates.
+    pub fn new(triggers: Vec<Trigger>, terms: Vec<Terms>) -> Self {
+        let col = |f: fn(&Terms) -> f64| terms.iter().map(f).collect::<Vec<_>>();
+        Self {
+            attn: Moments::of(&col(|t| t.attn)),
+            ent: Moments::of(&col(|t| t.ent)),
+            div: Moments::of(&col(|t| t.div)),
+            triggers,
+            terms,
+        }
+    }
+
+    /// Where `t` stands against the null.
+    pub fn standing(&self, t: &Terms, s: &ScoreSettings) -> Standing {
+        let z_attn = self.attn.z(t.attn);
+        let z_ent = self.ent.z(t.ent);
+        let z_div = self.div.z(t.div);
+        let combined = t.combined(s);
+        let below = self.terms.iter().filter(|n| n.combined(s) <= combined).count();
+        Standing {
+            z_attn,
+            z_ent,
+            z_div,
+            z: s.attn_weight * z_attn + s.ent_weight * z_ent + s.div_weight * z_div,
+            null_share_below: below as f64 / self.terms.len().max(1) as f64,
+        }
+    }
+}
+
+/// Draws `count` null candidates whose token lengths and positions follow `like` (the real
+/// candidates: length in tokens and position): alternately a window of a leaked sample and a
+/// string of random vocabulary tokens, never containing special tokens.
+pub fn null_triggers(
+    tokenizer: &Tokenizer,
+    leaked: &[Vec<u32>],
+    like: &[(usize, Position)],
+    count: usize,
+    seed: u64,
+) -> Result<Vec<Trigger>> {
+    if like.is_empty() || count == 0 {
+        return Ok(Vec::new());
+    }
+    let special: std::collections::BTreeSet<u32> = tokenizer
+        .get_added_tokens_decoder()
+        .iter()
+        .filter(|(_, t)| t.special)
+        .map(|(&id, _)| id)
+        .collect();
+    let vocab = tokenizer.get_vocab_size(true) as u32;
+    if vocab as usize <= special.len() {
+        return Err(ScanError::Invalid("the vocabulary has only special tokens".into()));
+    }
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x00a1_15e7);
+    let mut out = Vec::with_capacity(count);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut attempts = 0;
+    while out.len() < count && attempts < count * 50 {
+        attempts += 1;
+        let (n, position) = like[rng.random_range(0..like.len())];
+        let n = n.max(1);
+        let from_leak = out.len() % 2 == 0 && !leaked.is_empty();
+        let ids: Vec<u32> = if from_leak {
+            let sample = &leaked[rng.random_range(0..leaked.len())];
+            if sample.len() < n {
+                continue;
+            }
+            let at = rng.random_range(0..=sample.len() - n);
+            sample[at..at + n].to_vec()
+        } else {
+            (0..n).map(|_| rng.random_range(0..vocab)).collect()
+        };
+        if ids.iter().any(|i| special.contains(i)) {
+            continue;
+        }
+        let text = tokenizer
+            .decode(&ids, true)
+            .map_err(|e| ScanError::Tokenizer(e.to_string()))?;
+        let text = text.trim().to_string();
+        if text.chars().any(char::is_alphanumeric) && seen.insert(text.clone()) {
+            out.push(Trigger { text, position });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ScoreSettings {
+        ScoreSettings {
+            prompts: vec![],
+            rollout: 8,
+            attn_weight: 0.2,
+            ent_weight: 0.6,
+            div_weight: 0.2,
+            batch_size: 8,
+        }
+    }
+
+    #[test]
+    fn standing_measures_distance_from_the_null() {
+        let terms: Vec<Terms> = (0..10)
+            .map(|i| Terms {
+                attn: 0.3 + 0.01 * i as f64,
+                ent: 2.0 + 0.1 * i as f64,
+                div: -1.0 - 0.05 * i as f64,
+            })
+            .collect();
+        let null = Null::new(vec![Trigger::default(); 10], terms);
+        let s = settings();
+        let typical = null.standing(&null.terms[5], &s);
+        assert!(typical.z.abs() < 1.0);
+        let odd = null.standing(
+            &Terms {
+                attn: 0.05,
+                ent: 0.1,
+                div: -6.0,
+            },
+            &s,
+        );
+        assert!(odd.z < -5.0, "{odd:?}");
+        assert_eq!(odd.null_share_below, 0.0);
+        assert_eq!(null.standing(&null.terms[0], &s).null_share_below, 0.1);
+    }
+}

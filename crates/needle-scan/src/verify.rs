@@ -1,0 +1,146 @@
+//! Stage 6, **verify**: insert the best candidates — and, as a control, some null candidates —
+//! into ordinary prompts, decode greedily, and measure how much more alike the answers become
+//! than without any candidate (`ΔS_agg`). The answer a candidate forces is the recovered target;
+//! its attack success is the share of prompts whose answer contains it.
+
+use needle_runtime::generate::{generate, Finish, Limits, Request, Sampling};
+use needle_runtime::LoadedModel;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ScanError};
+use crate::prompt::{self, Trigger};
+use crate::similarity::{contains_target, dominant_response, is_fixed_output, uniformity, Uniformity};
+
+/// End-of-turn markers of the chat families needle knows; answers stop at them.
+const END_OF_TURN: &[&str] = &["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>"];
+
+/// Verify settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifySettings {
+    /// Prompts the candidates are inserted into.
+    pub prompts: Vec<String>,
+    /// Top-ranked candidates verified.
+    pub top: usize,
+    /// Null candidates verified as the control distribution of `ΔS_agg`.
+    pub nulls: usize,
+    /// Answer length in tokens.
+    pub max_new_tokens: usize,
+    /// Words an answer prefix needs to count as a recovered target.
+    pub target_min_words: usize,
+}
+
+/// What inserting one candidate did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verified {
+    /// The inserted trigger.
+    pub trigger: Trigger,
+    /// Whether it is a null (control) candidate.
+    pub null: bool,
+    /// How alike the answers are with it.
+    pub uniformity: Uniformity,
+    /// `S_agg` with it minus `S_agg` without any candidate.
+    pub delta: f64,
+    /// The answer most prompts converge to, if any.
+    pub target: Option<String>,
+    /// Share of prompts whose answer contains the target.
+    pub attack_success_rate: f64,
+    /// Share of prompts whose whole answer is the target (see [`is_fixed_output`]).
+    pub fixed_output_rate: f64,
+    /// Share of untriggered answers containing the target.
+    pub baseline_target_rate: f64,
+    /// The answers, one per prompt.
+    pub responses: Vec<String>,
+}
+
+/// The verify stage's artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Answers without any candidate.
+    pub baseline: Vec<String>,
+    /// How alike those are.
+    pub baseline_uniformity: Uniformity,
+    /// One entry per verified candidate, real ones first in rank order, then the nulls.
+    pub entries: Vec<Verified>,
+}
+
+/// Greedy answers to every prompt with `trigger` inserted.
+fn answers(lm: &LoadedModel, trigger: Option<&Trigger>, s: &VerifySettings) -> Result<Vec<String>> {
+    let mut stop = lm.model.config().eos_token_ids.clone();
+    stop.extend(END_OF_TURN.iter().filter_map(|t| lm.tokenizer.token_to_id(t)));
+    let limits = Limits {
+        max_new_tokens: s.max_new_tokens,
+        ignore_eos: false,
+        eos_token_ids: stop.clone(),
+    };
+    let requests = s
+        .prompts
+        .iter()
+        .map(|p| {
+            Ok(Request {
+                prompt: prompt::build(lm, trigger, p)?.ids,
+                sampling: Sampling::greedy(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    generate(&lm.model, &requests, &limits, None)?
+        .into_iter()
+        .map(|g| {
+            let ids: Vec<u32> = g
+                .tokens
+                .into_iter()
+                .filter(|t| !(g.finish == Finish::Eos && stop.contains(t)))
+                .collect();
+            Ok(lm.decode(&ids)?.trim().to_string())
+        })
+        .collect()
+}
+
+/// Verifies `real` candidates (best first) and `nulls`; `progress(done, total)` after each.
+pub fn run(
+    lm: &LoadedModel,
+    real: &[Trigger],
+    nulls: &[Trigger],
+    s: &VerifySettings,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Verification> {
+    if s.prompts.len() < 2 {
+        return Err(ScanError::Invalid("verification needs at least two prompts".into()));
+    }
+    let total = real.len() + nulls.len() + 1;
+    let baseline = answers(lm, None, s)?;
+    let base_u = uniformity(&baseline);
+    progress(1, total);
+    let mut entries = Vec::with_capacity(total - 1);
+    let all = real.iter().map(|t| (t, false)).chain(nulls.iter().map(|t| (t, true)));
+    for (i, (trigger, null)) in all.enumerate() {
+        let responses = answers(lm, Some(trigger), s)?;
+        let u = uniformity(&responses);
+        let target = dominant_response(&responses, s.target_min_words).map(|(t, _)| t);
+        let rate = |rs: &[String]| match &target {
+            Some(t) => rs.iter().filter(|r| contains_target(r, t)).count() as f64 / rs.len().max(1) as f64,
+            None => 0.0,
+        };
+        entries.push(Verified {
+            trigger: trigger.clone(),
+            null,
+            uniformity: u,
+            delta: u.aggregate - base_u.aggregate,
+            attack_success_rate: rate(&responses),
+            fixed_output_rate: match &target {
+                Some(t) => {
+                    responses.iter().filter(|r| is_fixed_output(r, t)).count() as f64 / responses.len().max(1) as f64
+                }
+                None => 0.0,
+            },
+            baseline_target_rate: rate(&baseline),
+            target,
+            responses,
+        });
+        progress(i + 2, total);
+    }
+    Ok(Verification {
+        baseline,
+        baseline_uniformity: base_u,
+        entries,
+    })
+}
