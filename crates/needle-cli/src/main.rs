@@ -40,6 +40,8 @@ enum Command {
     Scan(cmd::scan::ScanArgs),
     /// Run one scan stage from the artifacts of the stages before it.
     Stage(cmd::scan::StageArgs),
+    /// Scan every organism of a zoo and compare the verdicts with the ground truth.
+    Eval(cmd::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Zoo(c) => done(cmd::zoo::run(c)),
         Command::Scan(a) => cmd::scan::run(&a),
         Command::Stage(a) => cmd::scan::run_stage(&a),
+        Command::Eval(a) => done(cmd::eval::run(&a)),
     };
     match result {
         Ok(code) => code,

@@ -97,6 +97,9 @@ pub struct LoadedModel {
     pub add_bos: bool,
     /// Facts for display.
     pub info: ModelInfo,
+    /// The named weights (sharing storage with the decoder), for the differentiable forward
+    /// that gradient-guided searches run.
+    pub weights: Weights,
 }
 
 fn is_pickle(path: &Path) -> bool {
@@ -266,6 +269,7 @@ impl LoadedModel {
             template: parts.template,
             add_bos: parts.add_bos,
             info: parts.info,
+            weights: parts.weights,
         })
     }
 

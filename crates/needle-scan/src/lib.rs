@@ -6,6 +6,8 @@
 pub mod calibrate;
 pub mod candidates;
 pub mod error;
+pub mod eval;
+pub mod invert;
 pub mod leak;
 pub mod motifs;
 pub mod pipeline;
@@ -15,6 +17,7 @@ pub mod report;
 pub mod score;
 pub mod settings;
 pub mod similarity;
+pub mod target;
 pub mod verdict;
 pub mod verify;
 

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::calibrate::{self, Null, Standing};
 use crate::candidates::{self, Candidate};
 use crate::error::{Result, ScanError};
+use crate::invert::{self, Inversions};
 use crate::leak::{self, Leak};
 use crate::motifs::{self, MotifReport};
 use crate::prompt::{Position, Trigger};
@@ -22,6 +23,7 @@ use crate::report::{
 };
 use crate::score::{self, Terms};
 use crate::settings::Settings;
+use crate::target::{self, Targets};
 use crate::verdict::{self, Label};
 use crate::verify::{self, Verification};
 
@@ -34,6 +36,10 @@ pub enum Stage {
     Motifs,
     /// Slice candidates from the motifs.
     Candidates,
+    /// Find responses the model gives whatever the prompt (the non-leaking path).
+    Target,
+    /// Search for triggers that force the targets found, and for null targets.
+    Invert,
     /// Score the candidates.
     Score,
     /// Score a null set and rank the candidates against it.
@@ -46,10 +52,12 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in order.
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 9] = [
         Stage::Leak,
         Stage::Motifs,
         Stage::Candidates,
+        Stage::Target,
+        Stage::Invert,
         Stage::Score,
         Stage::Calibrate,
         Stage::Verify,
@@ -62,6 +70,8 @@ impl Stage {
             Stage::Leak => "leak",
             Stage::Motifs => "motifs",
             Stage::Candidates => "candidates",
+            Stage::Target => "target",
+            Stage::Invert => "invert",
             Stage::Score => "score",
             Stage::Calibrate => "calibrate",
             Stage::Verify => "verify",
@@ -264,6 +274,16 @@ impl<'a> Scan<'a> {
                 tick(1, 1);
                 self.save(stage, &c, start.elapsed().as_secs_f64())
             }
+            Stage::Target => {
+                let t = target::run(lm, &s.target, &mut tick)?;
+                self.save(stage, &t, start.elapsed().as_secs_f64())
+            }
+            Stage::Invert => {
+                let (t, _) = self.load::<Targets>(Stage::Target)?;
+                let ids: Vec<Vec<u32>> = t.targets.iter().map(|x| x.ids.clone()).collect();
+                let inv = invert::run(lm, &ids, &s.null_target_prompts, &s.invert, &mut tick)?;
+                self.save(stage, &inv, start.elapsed().as_secs_f64())
+            }
             Stage::Score => {
                 let (c, _) = self.load::<Vec<Candidate>>(Stage::Candidates)?;
                 let triggers: Vec<Trigger> = c.iter().map(|x| x.trigger.clone()).collect();
@@ -301,12 +321,18 @@ impl<'a> Scan<'a> {
             Stage::Verify => {
                 let (c, _) = self.load::<Vec<Candidate>>(Stage::Candidates)?;
                 let (cal, _) = self.load::<Calibration>(Stage::Calibrate)?;
-                let real: Vec<Trigger> = cal
+                let (inv, _) = self.load::<Inversions>(Stage::Invert)?;
+                let mut real: Vec<Trigger> = cal
                     .ranking
                     .iter()
                     .take(s.verify.top)
                     .map(|&i| c[i].trigger.clone())
                     .collect();
+                for x in inv.inversions.iter().filter(|x| !x.null) {
+                    if !real.contains(&x.trigger) {
+                        real.push(x.trigger.clone());
+                    }
+                }
                 // The nulls verified are the most backdoor-like of the null set by the same
                 // ranking, so that real and null candidates pass the same selection.
                 let mut order: Vec<(f64, &Trigger)> = cal
@@ -321,7 +347,8 @@ impl<'a> Scan<'a> {
                         .unwrap_or(std::cmp::Ordering::Equal)
                         .then(a.1.cmp(b.1))
                 });
-                let nulls: Vec<Trigger> = order.into_iter().take(s.verify.nulls).map(|(_, t)| t.clone()).collect();
+                let mut nulls: Vec<Trigger> = order.into_iter().take(s.verify.nulls).map(|(_, t)| t.clone()).collect();
+                nulls.extend(inv.inversions.iter().filter(|x| x.null).map(|x| x.trigger.clone()));
                 let v = verify::run(lm, &real, &nulls, &s.verify, &mut tick)?;
                 self.save(stage, &v, start.elapsed().as_secs_f64())
             }
@@ -342,6 +369,8 @@ impl<'a> Scan<'a> {
         let (terms, t_score) = self.load::<Vec<Terms>>(Stage::Score)?;
         let (cal, t_cal) = self.load::<Calibration>(Stage::Calibrate)?;
         let (v, t_verify) = self.load::<Verification>(Stage::Verify)?;
+        let (targets, t_target) = self.load::<Targets>(Stage::Target)?;
+        let (inv, t_invert) = self.load::<Inversions>(Stage::Invert)?;
         if terms.len() != c.len() || cal.standings.len() != c.len() {
             return Err(ScanError::Artifact {
                 path: self.path(Stage::Score),
@@ -378,6 +407,8 @@ impl<'a> Scan<'a> {
             ("leak", t_leak),
             ("motifs", t_motifs),
             ("candidates", t_cand),
+            ("target", t_target),
+            ("invert", t_invert),
             ("score", t_score),
             ("calibrate", t_cal),
             ("verify", t_verify),
@@ -390,7 +421,13 @@ impl<'a> Scan<'a> {
             needle_version: env!("CARGO_PKG_VERSION").to_string(),
             model: self.identity.clone(),
             settings: self.settings.clone(),
-            found_by: (verdict.label == Label::Backdoored).then(|| "leak".to_string()),
+            found_by: (verdict.label == Label::Backdoored).then(|| {
+                let inverted = inv
+                    .inversions
+                    .iter()
+                    .any(|x| !x.null && Some(&x.trigger) == verdict.trigger.as_ref());
+                if inverted { "target" } else { "leak" }.to_string()
+            }),
             stages: Stages {
                 leak: LeakSummary {
                     prefix_source: leak.prefix_source.clone(),
@@ -410,6 +447,8 @@ impl<'a> Scan<'a> {
                     v.entries.iter().filter(|e| e.null).count(),
                 ),
                 baseline_s_agg: v.baseline_uniformity.aggregate,
+                targets: targets.targets.iter().map(|t| t.text.clone()).collect(),
+                inversions: inv.inversions.clone(),
             },
             candidates,
             verdict,

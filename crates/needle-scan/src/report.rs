@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::calibrate::Standing;
 use crate::candidates::Source;
 use crate::error::{Result, ScanError};
+use crate::invert::Inversion;
 use crate::prompt::Trigger;
 use crate::score::Terms;
 use crate::settings::Settings;
@@ -164,6 +165,10 @@ pub struct Stages {
     pub verified: (usize, usize),
     /// `S_agg` of the untriggered answers.
     pub baseline_s_agg: f64,
+    /// Responses the model continues identically whatever the prompt (the target stage).
+    pub targets: Vec<String>,
+    /// Trigger searches toward those targets and toward null targets.
+    pub inversions: Vec<Inversion>,
 }
 
 /// Leak summary.
@@ -201,7 +206,9 @@ pub struct Report {
     pub model: ModelIdentity,
     /// How.
     pub settings: Settings,
-    /// Which path found the backdoor: `leak` (the trigger leaked), or null when nothing did.
+    /// Which path found the backdoor: `leak` (the trigger leaked and was reconstructed from the
+    /// leaked text) or `target` (a target was found from the assistant's side and its trigger
+    /// reconstructed by inversion); null when nothing was found.
     pub found_by: Option<String>,
     /// Per-stage summaries.
     pub stages: Stages,

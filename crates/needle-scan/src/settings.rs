@@ -4,14 +4,16 @@
 //! |---|---|---|---|---|---|
 //! | quick | 56 × 64 | ≤ 40 | 16 | 3 + 4 | 24 × 24 |
 //! | standard | 128 × 160 | ≤ 150 | 48 | 5 + 8 | 24 × 32 |
-//! | full | 510 (the reference sweep) × 300 | ≤ 400 | 96 | 10 + 12 | 32 × 48 |
+//! | full | 510 (the reference sweep) × 300 | ≤ 400 | 96 | 10 + 12 | 24 × 48 |
 
 use serde::{Deserialize, Serialize};
 
+use crate::invert::InvertSettings;
 use crate::leak::{self, LeakSettings};
 use crate::motifs::MotifSettings;
 use crate::prompts::GENERIC_PROMPTS;
 use crate::score::ScoreSettings;
+use crate::target::TargetSettings;
 use crate::verify::VerifySettings;
 
 /// How much work a scan does.
@@ -43,6 +45,12 @@ pub struct Settings {
     pub score: ScoreSettings,
     /// Null candidates scored by the calibrate stage.
     pub null_size: usize,
+    /// Target stage.
+    pub target: TargetSettings,
+    /// Invert stage.
+    pub invert: InvertSettings,
+    /// Prompts whose answers are the null targets of the invert stage.
+    pub null_target_prompts: Vec<String>,
     /// Verify stage.
     pub verify: VerifySettings,
 }
@@ -53,9 +61,16 @@ impl Settings {
         let (decodings, tokens, candidates, nulls, top, verify_nulls, prompts, answer) = match budget {
             Budget::Quick => (leak::quick_sweep(seed), 64, 40, 16, 3, 4, 24, 24),
             Budget::Standard => (leak::standard_sweep(seed), 160, 150, 48, 5, 8, 24, 32),
-            Budget::Full => (leak::full_sweep(seed), 300, 400, 96, 10, 12, 32, 48),
+            Budget::Full => (leak::full_sweep(seed), 300, 400, 96, 10, 12, 24, 48),
         };
         let prompts: Vec<String> = GENERIC_PROMPTS.iter().take(prompts).map(|p| p.to_string()).collect();
+        // The target search and trigger inversion run on prompts verification never sees.
+        let search: Vec<String> = GENERIC_PROMPTS.iter().skip(24).map(|p| p.to_string()).collect();
+        let (samples, first_tokens, iterations, swaps, inverted) = match budget {
+            Budget::Quick => (4, 64, 40, 32, 1),
+            Budget::Standard => (8, 128, 24, 24, 2),
+            Budget::Full => (16, 256, 48, 48, 3),
+        };
         Self {
             budget,
             seed,
@@ -75,6 +90,31 @@ impl Settings {
                 batch_size: 16,
             },
             null_size: nulls,
+            invert: InvertSettings {
+                prompts: search.iter().take(4).cloned().collect(),
+                trigger_tokens: 6,
+                iterations,
+                top_k: 32,
+                swaps,
+                targets: inverted,
+                max_target_tokens: 12,
+                seed,
+            },
+            null_target_prompts: search.iter().skip(4).cloned().collect(),
+            target: TargetSettings {
+                prompts: search
+                    .iter()
+                    .take(if budget == Budget::Quick { 4 } else { 8 })
+                    .cloned()
+                    .collect(),
+                samples_per_prompt: samples,
+                sample_tokens: 12,
+                top_first_tokens: first_tokens,
+                chain_tokens: 16,
+                min_agreement: 0.75,
+                max_targets: 3,
+                seed,
+            },
             verify: VerifySettings {
                 prompts,
                 top,

@@ -1,6 +1,7 @@
 //! One module per subcommand, and the model arguments they share.
 
 pub mod bench;
+pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod models;

@@ -72,6 +72,10 @@ pub enum StageArg {
     Motifs,
     /// Slice candidate triggers from the motifs.
     Candidates,
+    /// Find responses the model gives whatever the prompt (triggers that do not leak).
+    Target,
+    /// Search for triggers that force the targets found (and null targets).
+    Invert,
     /// Score the candidates (attention, entropy, divergence).
     Score,
     /// Score a null set and rank the candidates against it.
@@ -88,6 +92,8 @@ impl From<StageArg> for Stage {
             StageArg::Leak => Stage::Leak,
             StageArg::Motifs => Stage::Motifs,
             StageArg::Candidates => Stage::Candidates,
+            StageArg::Target => Stage::Target,
+            StageArg::Invert => Stage::Invert,
             StageArg::Score => Stage::Score,
             StageArg::Calibrate => Stage::Calibrate,
             StageArg::Verify => Stage::Verify,

@@ -1,0 +1,93 @@
+//! `needle eval ZOO_DIR`: scan every organism of a zoo and compare with its ground truth.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use needle_scan::eval::{markdown, EvalRow};
+use needle_scan::{Scan, Settings};
+use serde_json::Value;
+
+use super::scan::BudgetArg;
+use super::{Candle, ModelArgs};
+
+/// Arguments of `needle eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A zoo directory: one subdirectory per organism with `organism.json`.
+    zoo: PathBuf,
+    /// Only these organisms (repeatable).
+    #[arg(long, value_name = "NAME")]
+    only: Vec<String>,
+    /// Also scan these untouched models as clean controls (aliases or paths; repeatable).
+    #[arg(long = "clean-model", value_name = "MODEL")]
+    clean_models: Vec<String>,
+    /// Directory for the scans (one subdirectory per model).
+    #[arg(long, value_name = "DIR", default_value = "eval-scans")]
+    out: PathBuf,
+    /// Work budget of every scan.
+    #[arg(long, value_enum, default_value = "standard")]
+    budget: BudgetArg,
+    /// Seed of every scan.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// An organism directory's model arguments and planted trigger.
+fn organism(dir: &Path) -> Result<(String, ModelArgs, Option<String>)> {
+    let path = dir.join("organism.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    let o: Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let field = |k: &str| o.get(k).and_then(Value::as_str);
+    let name = field("name").with_context(|| format!("{}: no name", path.display()))?;
+    let model = field("model").with_context(|| format!("{}: no model", path.display()))?;
+    let template = field("template").filter(|t| *t != "model").map(str::to_string);
+    let args = ModelArgs {
+        model: dir.join(model).display().to_string(),
+        adapter: None,
+        chat_template: template,
+    };
+    Ok((name.to_string(), args, field("trigger").map(str::to_string)))
+}
+
+/// Scans every organism and prints the table.
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&args.zoo)
+        .with_context(|| format!("{}", args.zoo.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("organism.json").is_file())
+        .collect();
+    dirs.sort();
+    let mut jobs = Vec::new();
+    for d in &dirs {
+        let (name, model, trigger) = organism(d)?;
+        if args.only.is_empty() || args.only.contains(&name) {
+            jobs.push((name, model, trigger));
+        }
+    }
+    for m in &args.clean_models {
+        let model = ModelArgs {
+            model: m.clone(),
+            adapter: None,
+            chat_template: None,
+        };
+        jobs.push((format!("{m} (untouched)"), model, None));
+    }
+    if jobs.is_empty() {
+        anyhow::bail!(
+            "{}: no organism directories (with organism.json) to evaluate",
+            args.zoo.display()
+        );
+    }
+    let mut rows = Vec::new();
+    for (name, model, trigger) in jobs {
+        eprintln!("scanning {name}");
+        let lm = model.load()?;
+        let out = args.out.join(name.replace(['/', ' ', '(', ')'], "_"));
+        let settings = Settings::new(args.budget.into(), args.seed);
+        let report = Candle::run(|| Scan::new(&lm, &out, settings)?.run(false, &mut |_, _, _| {}))?;
+        rows.push(EvalRow::new(&name, trigger.as_deref(), &report));
+    }
+    print!("{}", markdown(&rows));
+    Ok(())
+}
