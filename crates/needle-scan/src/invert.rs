@@ -215,6 +215,7 @@ fn search(
     let mut x = vec![init; s.trigger_tokens.max(1)];
     let start = losses(lm, parts, &[x.clone()], target)?[0];
     let mut best = start;
+    let mut best_x = x.clone();
     for _ in 0..s.iterations {
         let scores = token_scores(lm, parts, &x, target)?;
         let mut tops: Vec<Vec<u32>> = Vec::with_capacity(x.len());
@@ -242,20 +243,23 @@ fn search(
         }
         if !tried.is_empty() {
             let l = losses(lm, parts, &tried, target)?;
+            // As in GCG, move to the best swap even when it is worse than the current trigger
+            // (that is how the search leaves local minima); remember the best trigger seen.
             if let Some((i, &v)) = l
                 .iter()
                 .enumerate()
                 .min_by(|a, b| a.1.partial_cmp(b.1).unwrap_or(std::cmp::Ordering::Equal))
             {
+                x = tried[i].clone();
                 if v < best {
                     best = v;
-                    x = tried[i].clone();
+                    best_x = x.clone();
                 }
             }
         }
         tick();
     }
-    Ok((x, (start, best)))
+    Ok((best_x, (start, best)))
 }
 
 /// The model's greedy answers to `prompts`, as null targets.
