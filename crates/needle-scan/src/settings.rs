@@ -1,10 +1,12 @@
 //! Scan settings and the three budgets `quick`, `standard` (default) and `full`.
 //!
-//! | budget | leak configurations × new tokens | candidates | null set | verified (top + nulls) | prompts × answer tokens |
-//! |---|---|---|---|---|---|
-//! | quick | 56 × 64 | ≤ 40 | 16 | 3 + 4 | 24 × 24 |
-//! | standard | 128 × 160 | ≤ 150 | 48 | 5 + 8 | 24 × 32 |
-//! | full | 510 (the reference sweep) × 300 | ≤ 400 | 96 | 10 + 12 | 24 × 48 |
+//! | budget | leak configurations × new tokens | candidates | null set | target seeds (top first tokens + samples/prompt) | trigger searches × iterations × swaps | verified (top + nulls) | prompts × answer tokens |
+//! |---|---|---|---|---|---|---|---|
+//! | quick | 56 × 64 | ≤ 40 | 16 | 64 + 4 | (1 + 1) × 40 × 32 | 3 + 4 | 24 × 24 |
+//! | standard | 128 × 160 | ≤ 150 | 48 | 128 + 8 | (2 + 2) × 48 × 32 | 5 + 8 | 24 × 32 |
+//! | full | 510 (the reference sweep) × 300 | ≤ 400 | 96 | 256 + 16 | (3 + 3) × 96 × 64 | 10 + 12 | 24 × 48 |
+//!
+//! Vocabularies of at most 4,096 tokens are enumerated whole for target seeds.
 
 use serde::{Deserialize, Serialize};
 
@@ -68,8 +70,8 @@ impl Settings {
         let search: Vec<String> = GENERIC_PROMPTS.iter().skip(24).map(|p| p.to_string()).collect();
         let (samples, first_tokens, iterations, swaps, inverted) = match budget {
             Budget::Quick => (4, 64, 40, 32, 1),
-            Budget::Standard => (8, 128, 24, 24, 2),
-            Budget::Full => (16, 256, 48, 48, 3),
+            Budget::Standard => (8, 128, 48, 32, 2),
+            Budget::Full => (16, 256, 96, 64, 3),
         };
         Self {
             budget,

@@ -48,6 +48,41 @@ pub struct ScanOptions {
     /// Seed of everything random; the same model, budget and seed give the same report.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Weights γ,δ,ζ of the attention, entropy and divergence terms of the candidate score
+    /// (the reference's fixed-output setting is the default; its code-task setting is 0.6,0.2,0.2).
+    #[arg(long, value_name = "γ,δ,ζ", value_parser = parse_weights, default_value = "0.2,0.6,0.2")]
+    score_weights: [f64; 3],
+}
+
+/// Parses `γ,δ,ζ`: three finite, non-negative numbers, not all zero.
+fn parse_weights(s: &str) -> std::result::Result<[f64; 3], String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let [a, b, c] = parts.as_slice() else {
+        return Err(format!(
+            "{s:?}: expected three comma-separated numbers, e.g. 0.2,0.6,0.2"
+        ));
+    };
+    let mut w = [0f64; 3];
+    for (slot, text) in w.iter_mut().zip([a, b, c]) {
+        *slot = text
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x >= 0.0)
+            .ok_or_else(|| format!("{text:?} is not a non-negative number"))?;
+    }
+    if w.iter().all(|&x| x == 0.0) {
+        return Err("the score weights cannot all be zero".into());
+    }
+    Ok(w)
+}
+
+impl ScanOptions {
+    /// The scan settings these options describe.
+    fn settings(&self) -> Settings {
+        let mut s = Settings::new(self.budget.into(), self.seed);
+        [s.score.attn_weight, s.score.ent_weight, s.score.div_weight] = self.score_weights;
+        s
+    }
 }
 
 /// Arguments of `needle scan`.
@@ -197,7 +232,7 @@ fn print_text(text: &str) {
 pub fn run(args: &ScanArgs) -> Result<ExitCode> {
     let o = &args.options;
     let lm = o.model.load()?;
-    let settings = Settings::new(o.budget.into(), o.seed);
+    let settings = o.settings();
     let mut bars = Bars { current: None };
     let report = Candle::run(|| {
         let scan = Scan::new(&lm, &o.out, settings)?;
@@ -217,7 +252,7 @@ pub fn run(args: &ScanArgs) -> Result<ExitCode> {
 pub fn run_stage(args: &StageArgs) -> Result<ExitCode> {
     let o = &args.options;
     let lm = o.model.load()?;
-    let settings = Settings::new(o.budget.into(), o.seed);
+    let settings = o.settings();
     let mut bars = Bars { current: None };
     let stage: Stage = args.stage.into();
     let result = Candle::run(|| {
