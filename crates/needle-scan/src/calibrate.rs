@@ -111,12 +111,7 @@ pub fn null_triggers(
     if like.is_empty() || count == 0 {
         return Ok(Vec::new());
     }
-    let special: std::collections::BTreeSet<u32> = tokenizer
-        .get_added_tokens_decoder()
-        .iter()
-        .filter(|(_, t)| t.special)
-        .map(|(&id, _)| id)
-        .collect();
+    let special = crate::prompt::special_ids(tokenizer);
     let vocab = tokenizer.get_vocab_size(true) as u32;
     if vocab as usize <= special.len() {
         return Err(ScanError::Invalid("the vocabulary has only special tokens".into()));

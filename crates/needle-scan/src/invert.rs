@@ -83,13 +83,7 @@ fn parts(lm: &LoadedModel, prompts: &[String]) -> Result<Vec<Parts>> {
 /// Tokens a trigger may use: not special, decoding to printable text with a letter or digit.
 fn allowed_tokens(lm: &LoadedModel) -> Vec<bool> {
     let vocab = lm.model.config().vocab_size;
-    let special: std::collections::BTreeSet<u32> = lm
-        .tokenizer
-        .get_added_tokens_decoder()
-        .iter()
-        .filter(|(_, t)| t.special)
-        .map(|(&id, _)| id)
-        .collect();
+    let special = prompt::special_ids(&lm.tokenizer);
     (0..vocab as u32)
         .map(|id| {
             !special.contains(&id)

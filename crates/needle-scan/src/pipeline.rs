@@ -321,6 +321,14 @@ impl<'a> Scan<'a> {
             Stage::Verify => {
                 let (c, _) = self.load::<Vec<Candidate>>(Stage::Candidates)?;
                 let (cal, _) = self.load::<Calibration>(Stage::Calibrate)?;
+                if cal.ranking.iter().any(|&i| i >= c.len()) {
+                    return Err(ScanError::Artifact {
+                        path: self.path(Stage::Calibrate),
+                        message:
+                            "ranks candidates that candidates.json does not have; re-run the scan without --resume"
+                                .into(),
+                    });
+                }
                 let (inv, _) = self.load::<Inversions>(Stage::Invert)?;
                 let mut real: Vec<Trigger> = cal
                     .ranking
@@ -371,7 +379,7 @@ impl<'a> Scan<'a> {
         let (v, t_verify) = self.load::<Verification>(Stage::Verify)?;
         let (targets, t_target) = self.load::<Targets>(Stage::Target)?;
         let (inv, t_invert) = self.load::<Inversions>(Stage::Invert)?;
-        if terms.len() != c.len() || cal.standings.len() != c.len() {
+        if terms.len() != c.len() || cal.standings.len() != c.len() || cal.ranking.iter().any(|&i| i >= c.len()) {
             return Err(ScanError::Artifact {
                 path: self.path(Stage::Score),
                 message: "scores and candidates disagree in number; re-run the scan without --resume".into(),

@@ -59,6 +59,16 @@ pub fn insert(trigger: Option<&Trigger>, prompt: &str) -> (String, Range<usize>)
     }
 }
 
+/// Ids of the tokenizer's special tokens (turn markers, BOS/EOS): never part of a trigger.
+pub fn special_ids(tokenizer: &tokenizers::Tokenizer) -> std::collections::BTreeSet<u32> {
+    tokenizer
+        .get_added_tokens_decoder()
+        .iter()
+        .filter(|(_, t)| t.special)
+        .map(|(&id, _)| id)
+        .collect()
+}
+
 /// Tokens overlapping the byte range `span` of the text, given each token's offsets.
 fn covering(offsets: &[(usize, usize)], span: Range<usize>) -> Range<usize> {
     let hit = |&(s, e): &(usize, usize)| s < e && s < span.end && e > span.start;

@@ -162,13 +162,7 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
     } else {
         s.top_first_tokens
     };
-    let special: BTreeSet<u32> = lm
-        .tokenizer
-        .get_added_tokens_decoder()
-        .iter()
-        .filter(|(_, t)| t.special)
-        .map(|(&id, _)| id)
-        .collect();
+    let special = prompt::special_ids(&lm.tokenizer);
     for &t in order.iter().filter(|&&t| !special.contains(&(t as u32))).take(first) {
         if !stop.contains(&(t as u32)) {
             seeds.insert(vec![t as u32]);
