@@ -18,5 +18,5 @@ pub mod weights;
 pub use config::{Activation, Arch, LayerAttention, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use loader::{LoadOptions, LoadedModel, ModelParts};
-pub use model::{ForwardOutput, Introspect, KvCache, Model};
+pub use model::{ForwardOutput, Introspect, KvCache, LogitPositions, Model};
 pub use weights::Weights;

@@ -142,11 +142,24 @@ struct Layer {
     attention: LayerAttention,
 }
 
+/// Which positions a forward pass projects to logits (the LM head is a large share of the
+/// work, so callers ask only for the positions they read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogitPositions {
+    /// The last position only (next-token prediction).
+    #[default]
+    Last,
+    /// Every position.
+    All,
+    /// The last `n` positions (teacher-forced scoring of an `n - 1`-token continuation).
+    Tail(usize),
+}
+
 /// What a forward pass should return besides last-position logits.
 #[derive(Debug, Clone, Default)]
 pub struct Introspect {
-    /// Return logits for every position, not only the last.
-    pub all_logits: bool,
+    /// Positions to return logits for.
+    pub logits: LogitPositions,
     /// Layers whose attention probabilities to return.
     pub attention_layers: Vec<usize>,
     /// Return the residual stream after the embedding and after every layer.
@@ -156,7 +169,7 @@ pub struct Introspect {
 /// The result of a forward pass.
 #[derive(Debug, Clone)]
 pub struct ForwardOutput {
-    /// `[batch, positions, vocab]`: every position with [`Introspect::all_logits`], else the last.
+    /// `[batch, positions, vocab]` for the positions [`Introspect::logits`] asked for.
     pub logits: Tensor,
     /// `(layer, [batch, heads, queries, keys])` for each requested layer, keys spanning the cache.
     pub attentions: Vec<(usize, Tensor)>,
@@ -502,7 +515,11 @@ impl Model {
         if want.hidden_states {
             hidden.push(x.clone());
         }
-        let x = if want.all_logits { x } else { x.narrow(1, t - 1, 1)? };
+        let x = match want.logits {
+            LogitPositions::All => x,
+            LogitPositions::Last => x.narrow(1, t - 1, 1)?,
+            LogitPositions::Tail(n) => x.narrow(1, t - n.clamp(1, t), n.clamp(1, t))?,
+        };
         let mut logits = Linear {
             weight: self.lm_head.clone(),
             bias: None,

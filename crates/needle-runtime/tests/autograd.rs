@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{Tensor, Var, D};
-use needle_runtime::{autograd, hf, Introspect, Model};
+use needle_runtime::{autograd, hf, Introspect, LogitPositions, Model};
 
 const FIXTURES: &[&str] = &["llama", "llama3", "qwen2", "qwen3", "mistral", "phi3", "gemma3"];
 
@@ -25,7 +25,7 @@ fn differentiable_forward_matches_the_decoder() {
         let input = Tensor::from_vec(ids.clone(), (1, ids.len()), model.device()).expect("ids");
         let mut cache = model.new_cache(vec![0], ids.len()).expect("cache");
         let want = Introspect {
-            all_logits: true,
+            logits: LogitPositions::All,
             ..Default::default()
         };
         let fast = model.forward(&input, &mut cache, &want).expect("forward").logits;

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use candle_core::Tensor;
 use needle_runtime::generate::{beam_search, generate, BeamSettings, Limits, Request, Sampling};
-use needle_runtime::{gguf, hf, Introspect, LayerAttention, Model};
+use needle_runtime::{gguf, hf, Introspect, LayerAttention, LogitPositions, Model};
 
 /// Prompt lengths of the padded batches: short, around the sliding window, longer than it.
 const LENGTHS: [usize; 4] = [3, 9, 17, 30];
@@ -94,7 +94,7 @@ fn check_padded_vs_alone(label: &str, model: &Model) {
     let vocab = model.config().vocab_size;
     let (prompts, steps) = prompts_and_steps(vocab);
     let all = Introspect {
-        all_logits: true,
+        logits: LogitPositions::All,
         ..Default::default()
     };
     let (ids, pad) = left_pad(model, &prompts);
@@ -219,7 +219,7 @@ fn total_logprob(model: &Model, prompt: &[u32], continuation: &[u32]) -> f64 {
     let ids = Tensor::from_vec(seq.clone(), (1, seq.len()), model.device()).expect("ids");
     let mut cache = model.new_cache(vec![0], seq.len()).expect("cache");
     let all = Introspect {
-        all_logits: true,
+        logits: LogitPositions::All,
         ..Default::default()
     };
     let logits = model.forward(&ids, &mut cache, &all).expect("forward");
@@ -344,4 +344,52 @@ fn attention_ignores_padding_smollm2() {
 #[test]
 fn attention_ignores_padding_tiny_gemma3_sliding() {
     check_attention_masks("tiny gemma3", &tiny_gemma3(), vec![0, 1, 2]);
+}
+
+/// A prefix run once and copied to every row with `select_rows`, then different multi-token
+/// continuations of equal length with [`LogitPositions::Tail`], gives each row the logits of
+/// its whole sequence run alone (the trigger search evaluates swaps this way).
+fn check_shared_prefix(label: &str, model: &Model) {
+    let vocab = model.config().vocab_size;
+    let prefix = tokens(11, vocab, 7);
+    let tails: Vec<Vec<u32>> = (0..3).map(|i| tokens(6, vocab, 40 + i)).collect();
+    let tail_n = 4;
+    let ids = Tensor::from_vec(prefix.clone(), (1, prefix.len()), model.device()).expect("ids");
+    let mut shared = model.new_cache(vec![0], prefix.len() + 6).expect("cache");
+    model
+        .forward(&ids, &mut shared, &Introspect::default())
+        .expect("prefix forward");
+    shared.select_rows(&[0; 3]).expect("copy rows");
+    let flat: Vec<u32> = tails.concat();
+    let ids = Tensor::from_vec(flat, (3, 6), model.device()).expect("ids");
+    let want = Introspect {
+        logits: LogitPositions::Tail(tail_n),
+        ..Default::default()
+    };
+    let out = model.forward(&ids, &mut shared, &want).expect("tail forward");
+    let batch = out.logits.to_vec3::<f32>().expect("logits");
+    assert_eq!(batch[0].len(), tail_n, "{label}: tail positions");
+    for (r, tail) in tails.iter().enumerate() {
+        let whole = [prefix.as_slice(), tail].concat();
+        let ids = Tensor::from_vec(whole.clone(), (1, whole.len()), model.device()).expect("ids");
+        let mut cache = model.new_cache(vec![0], whole.len()).expect("cache");
+        let all = Introspect {
+            logits: LogitPositions::All,
+            ..Default::default()
+        };
+        let alone = model.forward(&ids, &mut cache, &all).expect("alone");
+        let alone = alone.logits.squeeze(0).expect("squeeze").to_vec2::<f32>().expect("vec");
+        for j in 0..tail_n {
+            let d = max_abs_diff(&batch[r][j], &alone[whole.len() - tail_n + j]);
+            assert!(d <= TOL, "{label}: row {r} tail position {j}: |Δ| {d}");
+        }
+    }
+}
+
+#[test]
+fn shared_prefix_with_tail_logits_matches_alone() {
+    check_shared_prefix("tiny gemma3", &tiny_gemma3());
+    if let Some(m) = smollm2() {
+        check_shared_prefix("smollm2", m);
+    }
 }

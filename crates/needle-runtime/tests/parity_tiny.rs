@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use candle_core::Tensor;
 use needle_runtime::generate::{generate, Limits, Request, Sampling};
-use needle_runtime::{hf, lora, Introspect, Model};
+use needle_runtime::{hf, lora, Introspect, LogitPositions, Model};
 use serde_json::Value;
 
 /// Every fixture this file checks; `covers_every_fixture` keeps it in step with the golden.
@@ -69,7 +69,7 @@ fn check_fixture(name: &str) {
         let ids = Tensor::from_vec(input.clone(), (1, t), model.device()).expect("ids");
         let layer = s["attention_layer"].as_u64().map(|l| l as usize);
         let want = Introspect {
-            all_logits: true,
+            logits: LogitPositions::All,
             attention_layers: layer.into_iter().collect(),
             hidden_states: false,
         };

@@ -9,7 +9,7 @@
 
 use candle_core::{DType, IndexOp, Tensor, Var, D};
 use needle_runtime::generate::{generate, Limits, Request, Sampling};
-use needle_runtime::{autograd, Introspect, LoadedModel};
+use needle_runtime::{autograd, Introspect, KvCache, LoadedModel, LogitPositions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -23,14 +23,19 @@ use crate::target::stop_ids;
 pub struct InvertSettings {
     /// Benign prompts the trigger must work on (kept apart from the verification prompts).
     pub prompts: Vec<String>,
+    /// Further prompts a trigger forcing the target on every search prompt must also force it
+    /// on before the search stops early (a check that it generalises, not just fits).
+    pub check_prompts: Vec<String>,
     /// Trigger length in tokens.
     pub trigger_tokens: usize,
     /// Search iterations.
     pub iterations: usize,
     /// Best-gradient tokens considered per position.
     pub top_k: usize,
-    /// Single-token swaps evaluated per iteration.
+    /// Single-token swaps evaluated per iteration (on the first prompt).
     pub swaps: usize,
+    /// Swaps, the best on the first prompt, then evaluated on every prompt.
+    pub finalists: usize,
     /// Targets inverted (the best of the target stage).
     pub targets: usize,
     /// Most target tokens used in the loss.
@@ -52,6 +57,8 @@ pub struct Inversion {
     pub trigger_ids: Vec<u32>,
     /// Mean target loss (nats per token) at the start and the end of the search.
     pub loss: (f64, f64),
+    /// Iterations run (fewer than the budget when the target was forced early).
+    pub iterations: usize,
 }
 
 /// The invert stage's artifact.
@@ -94,51 +101,140 @@ fn allowed_tokens(lm: &LoadedModel) -> Vec<bool> {
         .collect()
 }
 
-/// Mean target loss (nats per token) of each trigger, averaged over the prompts.
-fn losses(lm: &LoadedModel, parts: &[Parts], triggers: &[Vec<u32>], target: &[u32]) -> Result<Vec<f64>> {
-    let mut rows: Vec<Vec<u32>> = Vec::new();
-    for x in triggers {
-        for p in parts {
-            rows.push([p.before.as_slice(), x, &p.after, target].concat());
-        }
-    }
-    let mut per_row = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(64) {
-        let max = chunk.iter().map(Vec::len).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(chunk.len() * max);
-        let mut pad = Vec::with_capacity(chunk.len());
-        for r in chunk {
-            pad.push(max - r.len());
-            ids.extend(std::iter::repeat_n(r[0], max - r.len()));
-            ids.extend_from_slice(r);
-        }
-        let model = &lm.model;
-        let t = Tensor::from_vec(ids, (chunk.len(), max), model.device()).map_err(needle_runtime::Error::from)?;
-        let mut cache = model.new_cache(pad, max)?;
-        let want = Introspect {
-            all_logits: true,
-            ..Introspect::default()
-        };
-        let logits = model.forward(&t, &mut cache, &want)?.logits;
-        let n = target.len();
-        let lp = log_softmax(&logits.narrow(1, max - n - 1, n).map_err(needle_runtime::Error::from)?)?;
-        for r in 0..chunk.len() {
-            let row = lp
-                .i(r)
-                .and_then(|x| x.to_vec2::<f32>())
-                .map_err(needle_runtime::Error::from)?;
-            let nll: f64 = target
+/// Rows per forward pass when evaluating triggers.
+const BATCH: usize = 64;
+
+/// The target loss of one trigger over the search prompts.
+#[derive(Debug, Clone, Copy)]
+struct Fit {
+    /// Mean target loss, nats per token, averaged over the prompts.
+    loss: f64,
+    /// Whether the target is the greedy continuation on every prompt.
+    forced: bool,
+}
+
+/// A search prompt ready for many trigger evaluations: the text before the trigger already run
+/// through the model once (its cache is copied to every row), and the tokens after it.
+struct Prepared {
+    prefix: Option<KvCache>,
+    after: Vec<u32>,
+}
+
+fn prepare(lm: &LoadedModel, parts: &[Parts], trigger_len: usize, target_len: usize) -> Result<Vec<Prepared>> {
+    parts
+        .iter()
+        .map(|p| {
+            let capacity = p.before.len() + trigger_len + p.after.len() + target_len;
+            let prefix = if p.before.is_empty() {
+                None
+            } else {
+                let model = &lm.model;
+                let ids = Tensor::from_vec(p.before.clone(), (1, p.before.len()), model.device())
+                    .map_err(needle_runtime::Error::from)?;
+                let mut cache = model.new_cache(vec![0], capacity)?;
+                model.forward(&ids, &mut cache, &Introspect::default())?;
+                Some(cache)
+            };
+            Ok(Prepared {
+                prefix,
+                after: p.after.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The fit of each trigger (all of one length), from teacher-forced forward passes that start
+/// after each prompt's cached prefix and project only the target positions to logits.
+fn fits(lm: &LoadedModel, prepared: &[Prepared], triggers: &[Vec<u32>], target: &[u32]) -> Result<Vec<Fit>> {
+    let e = |r: candle_core::Result<Tensor>| r.map_err(needle_runtime::Error::from);
+    let n = target.len();
+    let mut sums = vec![(0.0f64, true); triggers.len()];
+    for p in prepared {
+        for (c, chunk) in triggers.chunks(BATCH).enumerate() {
+            let rows: Vec<Vec<u32>> = chunk
                 .iter()
-                .enumerate()
-                .map(|(j, &tok)| -f64::from(row[j][tok as usize]))
-                .sum();
-            per_row.push(nll / n as f64);
+                .map(|x| [x.as_slice(), &p.after, target].concat())
+                .collect();
+            let len = rows[0].len();
+            if rows.iter().any(|r| r.len() != len) {
+                return Err(ScanError::Invalid("triggers of one search differ in length".into()));
+            }
+            let ids = e(Tensor::from_vec(rows.concat(), (rows.len(), len), lm.model.device()))?;
+            let mut cache = match &p.prefix {
+                Some(shared) => {
+                    let mut cache = shared.clone();
+                    cache.select_rows(&vec![0; rows.len()])?;
+                    cache
+                }
+                None => lm.model.new_cache(vec![0; rows.len()], len)?,
+            };
+            let want = Introspect {
+                logits: LogitPositions::Tail(n + 1),
+                ..Introspect::default()
+            };
+            let logits = lm.model.forward(&ids, &mut cache, &want)?.logits;
+            let lp = log_softmax(&e(logits.narrow(1, 0, n))?)?;
+            let lp = lp.to_vec3::<f32>().map_err(needle_runtime::Error::from)?;
+            for (r, row) in lp.iter().enumerate() {
+                let mut nll = 0.0;
+                let mut forced = true;
+                for (j, &tok) in target.iter().enumerate() {
+                    let v = &row[j];
+                    nll -= f64::from(v[tok as usize]);
+                    forced &= v.iter().all(|&o| o <= v[tok as usize]);
+                }
+                let s = &mut sums[c * BATCH + r];
+                s.0 += nll / n as f64;
+                s.1 &= forced;
+            }
         }
     }
-    Ok(per_row
-        .chunks(parts.len())
-        .map(|c| c.iter().sum::<f64>() / c.len() as f64)
+    Ok(sums
+        .into_iter()
+        .map(|(loss, forced)| Fit {
+            loss: loss / prepared.len() as f64,
+            forced,
+        })
         .collect())
+}
+
+/// Fits of `tried` on every prompt, cheaply: all are scored on the first prompt and only the
+/// best `finalists` on the rest (most swaps are clearly worse after one prompt). Returns the
+/// finalists and their fits.
+fn screened_fits(
+    lm: &LoadedModel,
+    prepared: &[Prepared],
+    tried: Vec<Vec<u32>>,
+    target: &[u32],
+    finalists: usize,
+) -> Result<(Vec<Vec<u32>>, Vec<Fit>)> {
+    let Some((first, rest)) = prepared.split_first() else {
+        return Err(ScanError::Invalid("no prompts to invert on".into()));
+    };
+    let screen = fits(lm, std::slice::from_ref(first), &tried, target)?;
+    let mut order: Vec<usize> = (0..tried.len()).collect();
+    order.sort_by(|&a, &b| {
+        screen[a]
+            .loss
+            .partial_cmp(&screen[b].loss)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    order.truncate(finalists.max(1));
+    let kept: Vec<Vec<u32>> = order.iter().map(|&i| tried[i].clone()).collect();
+    if rest.is_empty() {
+        return Ok((kept, order.iter().map(|&i| screen[i]).collect()));
+    }
+    let more = fits(lm, rest, &kept, target)?;
+    let p = prepared.len() as f64;
+    let combined = order
+        .iter()
+        .zip(&more)
+        .map(|(&i, m)| Fit {
+            loss: (screen[i].loss + m.loss * rest.len() as f64) / p,
+            forced: screen[i].forced && m.forced,
+        })
+        .collect();
+    Ok((kept, combined))
 }
 
 /// `log_softmax` over the last dimension, from primitive ops.
@@ -154,33 +250,51 @@ fn log_softmax(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Gradient scores `[positions][vocab]` of swapping each trigger token for each vocabulary
-/// token (lower = expected to lower the target loss), summed over the prompts.
+/// token (lower = expected to lower the target loss), summed over the prompts: one
+/// differentiable pass over all prompts (right-padded), the LM head only at target positions.
 fn token_scores(lm: &LoadedModel, parts: &[Parts], x: &[u32], target: &[u32]) -> Result<Vec<Vec<f32>>> {
     let cfg = lm.model.config();
     let e = |r: candle_core::Result<Tensor>| r.map_err(needle_runtime::Error::from);
-    let mut total: Option<Tensor> = None;
-    for p in parts {
-        let row = [p.before.as_slice(), x, &p.after, target].concat();
-        let t = row.len();
-        let ids = e(Tensor::from_vec(row, (1, t), lm.model.device()))?;
-        let emb = Var::from_tensor(&autograd::embed(cfg, &lm.weights, &ids)?).map_err(needle_runtime::Error::from)?;
-        let logits = autograd::forward(cfg, &lm.weights, emb.as_tensor())?;
-        let n = target.len();
-        let lp = log_softmax(&e(logits.narrow(1, t - n - 1, n))?)?;
-        let tgt = e(Tensor::from_vec(target.to_vec(), (1, n, 1), lm.model.device()))?;
-        let loss = e(e(lp.gather(&tgt, 2))?.mean_all())?;
-        let loss = e(loss.neg())?;
-        let grads = loss.backward().map_err(needle_runtime::Error::from)?;
-        let g = grads
-            .get(emb.as_tensor())
-            .ok_or_else(|| ScanError::Invalid("no gradient reached the trigger".into()))?;
-        let g = e(e(g.i(0))?.narrow(0, p.before.len(), x.len()))?;
-        total = Some(match total {
-            Some(acc) => e(acc + g)?,
-            None => g,
-        });
+    if parts.is_empty() {
+        return Err(ScanError::Invalid("no prompts to invert on".into()));
     }
-    let g = total.ok_or_else(|| ScanError::Invalid("no prompts to invert on".into()))?;
+    let n = target.len();
+    let rows: Vec<Vec<u32>> = parts
+        .iter()
+        .map(|p| [p.before.as_slice(), x, &p.after, target].concat())
+        .collect();
+    let max = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * max);
+    for r in &rows {
+        ids.extend_from_slice(r);
+        ids.extend(std::iter::repeat_n(r[r.len() - 1], max - r.len()));
+    }
+    let ids = e(Tensor::from_vec(ids, (rows.len(), max), lm.model.device()))?;
+    let emb = Var::from_tensor(&autograd::embed(cfg, &lm.weights, &ids)?).map_err(needle_runtime::Error::from)?;
+    let hidden = autograd::hidden(cfg, &lm.weights, emb.as_tensor())?;
+    let at_target = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| e(e(hidden.i(i))?.narrow(0, r.len() - n - 1, n)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let logits = autograd::logits(cfg, &lm.weights, &e(Tensor::stack(&at_target, 0))?)?;
+    let lp = log_softmax(&logits)?;
+    let tgt = e(Tensor::from_vec(
+        target.repeat(rows.len()),
+        (rows.len(), n, 1),
+        lm.model.device(),
+    ))?;
+    let loss = e(e(e(lp.gather(&tgt, 2))?.sum_all())?.neg())?;
+    let grads = loss.backward().map_err(needle_runtime::Error::from)?;
+    let g = grads
+        .get(emb.as_tensor())
+        .ok_or_else(|| ScanError::Invalid("no gradient reached the trigger".into()))?;
+    let slices = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| e(e(g.i(i))?.narrow(0, p.before.len(), x.len())))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let g = e(e(Tensor::stack(&slices, 0))?.sum(0))?;
     let table = lm
         .weights
         .get("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
@@ -190,16 +304,31 @@ fn token_scores(lm: &LoadedModel, parts: &[Parts], x: &[u32], target: &[u32]) ->
         .map_err(needle_runtime::Error::from)?)
 }
 
-/// Searches for a trigger that makes `target` likely after every prompt.
+/// What one search found.
+struct Searched {
+    trigger: Vec<u32>,
+    loss: (f64, f64),
+    iterations: usize,
+}
+
+/// The search prompts and the check prompts, cut around the trigger.
+struct PromptSets {
+    search: Vec<Parts>,
+    check: Vec<Parts>,
+}
+
+/// Searches for a trigger that makes `target` likely after every prompt, stopping early once
+/// the target is the greedy answer on all of them and on the check prompts (after searching
+/// as long again).
 fn search(
     lm: &LoadedModel,
-    parts: &[Parts],
+    sets: &PromptSets,
     allowed: &[bool],
     target: &[u32],
     s: &InvertSettings,
     rng: &mut StdRng,
     tick: &mut dyn FnMut(),
-) -> Result<(Vec<u32>, (f64, f64))> {
+) -> Result<Searched> {
     let init = lm
         .tokenizer
         .token_to_id("!")
@@ -207,11 +336,26 @@ fn search(
         .or_else(|| allowed.iter().position(|&a| a).map(|t| t as u32))
         .ok_or_else(|| ScanError::Invalid("no usable trigger token in the vocabulary".into()))?;
     let mut x = vec![init; s.trigger_tokens.max(1)];
-    let start = losses(lm, parts, &[x.clone()], target)?[0];
-    let mut best = start;
+    let prepared = prepare(lm, &sets.search, x.len(), target.len())?;
+    let check = prepare(lm, &sets.check, x.len(), target.len())?;
+    let first = fits(lm, &prepared, &[x.clone()], target)?[0];
+    let mut best = first;
     let mut best_x = x.clone();
-    for _ in 0..s.iterations {
-        let scores = token_scores(lm, parts, &x, target)?;
+    let mut checked: Option<Vec<u32>> = None;
+    let mut limit = s.iterations;
+    let mut iterations = 0;
+    while iterations < limit {
+        if limit == s.iterations && best.forced && checked.as_ref() != Some(&best_x) {
+            // A trigger that fits only just forces the target on unseen prompts less often
+            // than one searched further: once one generalises, search as long again.
+            if check.is_empty() || fits(lm, &check, &[best_x.clone()], target)?[0].forced {
+                limit = (2 * iterations).min(s.iterations);
+                continue;
+            }
+            checked = Some(best_x.clone());
+        }
+        iterations += 1;
+        let scores = token_scores(lm, &sets.search, &x, target)?;
         let mut tops: Vec<Vec<u32>> = Vec::with_capacity(x.len());
         for row in &scores {
             let mut ids: Vec<u32> = (0..row.len() as u32).filter(|&t| allowed[t as usize]).collect();
@@ -236,24 +380,40 @@ fn search(
             }
         }
         if !tried.is_empty() {
-            let l = losses(lm, parts, &tried, target)?;
+            let (tried, f) = screened_fits(lm, &prepared, tried, target, s.finalists)?;
             // As in GCG, move to the best swap even when it is worse than the current trigger
             // (that is how the search leaves local minima); remember the best trigger seen.
-            if let Some((i, &v)) = l
+            if let Some((i, &v)) = f
                 .iter()
                 .enumerate()
-                .min_by(|a, b| a.1.partial_cmp(b.1).unwrap_or(std::cmp::Ordering::Equal))
+                .min_by(|a, b| a.1.loss.partial_cmp(&b.1.loss).unwrap_or(std::cmp::Ordering::Equal))
             {
                 x = tried[i].clone();
-                if v < best {
+                if v.loss < best.loss || (v.forced && !best.forced) {
                     best = v;
                     best_x = x.clone();
                 }
             }
         }
+        tracing::debug!(
+            iteration = iterations,
+            loss = best.loss,
+            forced = best.forced,
+            "trigger search"
+        );
         tick();
     }
-    Ok((best_x, (start, best)))
+    // The search stops early once the target has been the greedy answer on every search and
+    // check prompt for as many iterations as it took to get there; the progress bar still
+    // counts the iterations it did not need.
+    for _ in iterations..s.iterations {
+        tick();
+    }
+    Ok(Searched {
+        trigger: best_x,
+        loss: (first.loss, best.loss),
+        iterations,
+    })
 }
 
 /// The model's greedy answers to `prompts`, as null targets.
@@ -297,7 +457,10 @@ pub fn run(
     if s.prompts.is_empty() {
         return Err(ScanError::Invalid("the inversion needs prompts".into()));
     }
-    let parts = parts(lm, &s.prompts)?;
+    let sets = PromptSets {
+        search: parts(lm, &s.prompts)?,
+        check: parts(lm, &s.check_prompts)?,
+    };
     let allowed = allowed_tokens(lm);
     let real: Vec<Vec<u32>> = targets
         .iter()
@@ -314,10 +477,11 @@ pub fn run(
     let mut rng = StdRng::seed_from_u64(s.seed ^ 0x0000_6c67);
     let mut inversions = Vec::new();
     for (target, null) in real.iter().map(|t| (t, false)).chain(nulls.iter().map(|t| (t, true))) {
-        let (x, loss) = search(lm, &parts, &allowed, target, s, &mut rng, &mut || {
+        let found = search(lm, &sets, &allowed, target, s, &mut rng, &mut || {
             done += 1;
             progress(done, total);
         })?;
+        let x = found.trigger;
         inversions.push(Inversion {
             target: lm.decode(target)?,
             null,
@@ -326,8 +490,91 @@ pub fn run(
                 position: Position::Prefix,
             },
             trigger_ids: x,
-            loss,
+            loss: found.loss,
+            iterations: found.iterations,
         });
     }
     Ok(Inversions { inversions })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use needle_runtime::LoadOptions;
+
+    use super::*;
+
+    fn tiny() -> LoadedModel {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo/tiny-qwen2-link/model");
+        LoadedModel::load(&dir, &LoadOptions::default()).expect("load the tiny fixture")
+    }
+
+    /// Teacher-forced loss and greedy check of one whole sequence, computed the plain way.
+    fn reference(lm: &LoadedModel, p: &Parts, x: &[u32], target: &[u32]) -> (f64, bool) {
+        let row = [p.before.as_slice(), x, &p.after, target].concat();
+        let ids = Tensor::from_vec(row.clone(), (1, row.len()), lm.model.device()).expect("ids");
+        let mut cache = lm.model.new_cache(vec![0], row.len()).expect("cache");
+        let want = Introspect {
+            logits: LogitPositions::All,
+            ..Introspect::default()
+        };
+        let logits = lm.model.forward(&ids, &mut cache, &want).expect("forward").logits;
+        let lp = log_softmax(&logits)
+            .expect("log_softmax")
+            .to_vec3::<f32>()
+            .expect("vec")[0]
+            .clone();
+        let start = row.len() - target.len() - 1;
+        let mut nll = 0.0;
+        let mut forced = true;
+        for (j, &tok) in target.iter().enumerate() {
+            let v = &lp[start + j];
+            nll -= f64::from(v[tok as usize]);
+            forced &= v.iter().all(|&o| o <= v[tok as usize]);
+        }
+        (nll / target.len() as f64, forced)
+    }
+
+    #[test]
+    fn cached_prefix_fits_match_whole_sequences() {
+        let lm = tiny();
+        let prompts = ["Name a color.".to_string(), "How do plants grow?".to_string()];
+        let parts = parts(&lm, &prompts).expect("parts");
+        let target = lm.encode("Visit the site now").expect("target");
+        let triggers: Vec<Vec<u32>> = ["alpha beta gamma", "one two three", "red green blue"]
+            .iter()
+            .map(|t| lm.encode(t).expect("trigger")[..3].to_vec())
+            .collect();
+        let prepared = prepare(&lm, &parts, 3, target.len()).expect("prepare");
+        let got = fits(&lm, &prepared, &triggers, &target).expect("fits");
+        for (x, fit) in triggers.iter().zip(&got) {
+            let refs: Vec<(f64, bool)> = parts.iter().map(|p| reference(&lm, p, x, &target)).collect();
+            let loss = refs.iter().map(|r| r.0).sum::<f64>() / refs.len() as f64;
+            assert!((fit.loss - loss).abs() < 1e-4, "loss {} vs {loss}", fit.loss);
+            assert_eq!(fit.forced, refs.iter().all(|r| r.1));
+        }
+    }
+
+    #[test]
+    fn batched_gradient_scores_sum_the_prompts() {
+        let lm = tiny();
+        let prompts = ["Name a color.".to_string(), "How do plants grow?".to_string()];
+        let all = parts(&lm, &prompts).expect("parts");
+        let target = lm.encode("Visit the site now").expect("target");
+        let x = lm.encode("one two three").expect("trigger")[..3].to_vec();
+        let together = token_scores(&lm, &all, &x, &target).expect("scores");
+        let alone: Vec<Vec<Vec<f32>>> = (0..2)
+            .map(|i| token_scores(&lm, &all[i..=i], &x, &target).expect("scores"))
+            .collect();
+        for (pos, row) in together.iter().enumerate() {
+            for (tok, &v) in row.iter().enumerate() {
+                let sum = alone[0][pos][tok] + alone[1][pos][tok];
+                assert!(
+                    (v - sum).abs() <= 1e-3 * (1.0 + sum.abs()),
+                    "position {pos} token {tok}: {v} vs {sum}"
+                );
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@
 
 use candle_core::{IndexOp, Tensor};
 use needle_runtime::generate::{generate, Limits, Request, Sampling};
-use needle_runtime::{Introspect, LoadedModel};
+use needle_runtime::{Introspect, LoadedModel, LogitPositions};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ScanError};
@@ -104,7 +104,7 @@ fn attention_and_divergence(
     let ids = Tensor::from_vec(ids, (seqs.len(), max), model.device()).map_err(needle_runtime::Error::from)?;
     let mut cache = model.new_cache(pad.clone(), max)?;
     let want = Introspect {
-        all_logits: true,
+        logits: LogitPositions::All,
         attention_layers: layers.to_vec(),
         hidden_states: false,
     };

@@ -1,12 +1,14 @@
 //! Scan settings and the three budgets `quick`, `standard` (default) and `full`.
 //!
-//! | budget | leak configurations × new tokens | candidates | null set | target seeds (top first tokens + samples/prompt) | trigger searches × iterations × swaps | verified (top + nulls) | prompts × answer tokens |
+//! | budget | leak configurations × new tokens | candidates | null set | target seeds (top first tokens + samples/prompt) | trigger searches × iterations × swaps (finalists) | verified (top + nulls) | prompts × answer tokens |
 //! |---|---|---|---|---|---|---|---|
-//! | quick | 56 × 64 | ≤ 40 | 16 | 64 + 4 | (1 + 1) × 40 × 32 | 3 + 4 | 24 × 24 |
-//! | standard | 128 × 160 | ≤ 150 | 48 | 128 + 8 | (2 + 2) × 48 × 32 | 5 + 8 | 24 × 32 |
-//! | full | 510 (the reference sweep) × 300 | ≤ 400 | 96 | 256 + 16 | (3 + 3) × 96 × 64 | 10 + 12 | 24 × 48 |
+//! | quick | 56 × 64 | ≤ 40 | 16 | 64 + 4 | (1 + 1) × 40 × 32 (8) | 3 + 4 | 24 × 24 |
+//! | standard | 128 × 160 | ≤ 150 | 48 | 128 + 8 | (2 + 2) × 48 × 32 (8) | 5 + 8 | 24 × 32 |
+//! | full | 510 (the reference sweep) × 300 | ≤ 400 | 96 | 256 + 16 | (3 + 3) × 96 × 64 (16) | 10 + 12 | 24 × 48 |
 //!
-//! Vocabularies of at most 4,096 tokens are enumerated whole for target seeds.
+//! Vocabularies of at most 4,096 tokens are enumerated whole for target seeds. A trigger search
+//! stops at twice the iterations it took to make its target the greedy answer on its 4 search
+//! prompts and 4 check prompts.
 
 use serde::{Deserialize, Serialize};
 
@@ -94,10 +96,12 @@ impl Settings {
             null_size: nulls,
             invert: InvertSettings {
                 prompts: search.iter().take(4).cloned().collect(),
+                check_prompts: search.iter().skip(4).cloned().collect(),
                 trigger_tokens: 6,
                 iterations,
                 top_k: 32,
                 swaps,
+                finalists: swaps / 4,
                 targets: inverted,
                 max_target_tokens: 12,
                 seed,
