@@ -42,6 +42,8 @@ enum Command {
     Stage(cmd::scan::StageArgs),
     /// Scan every organism of a zoo and compare the verdicts with the ground truth.
     Eval(cmd::eval::EvalArgs),
+    /// Measure what a suspected trigger does: attack success, attention and entropy, fuzzy variants.
+    Probe(cmd::probe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Scan(a) => cmd::scan::run(&a),
         Command::Stage(a) => cmd::scan::run_stage(&a),
         Command::Eval(a) => done(cmd::eval::run(&a)),
+        Command::Probe(a) => done(cmd::probe::run(&a)),
     };
     match result {
         Ok(code) => code,

@@ -1,7 +1,8 @@
 //! The needle scan pipeline. Data flows one way: a loaded model → [`leak`] → [`motifs`] →
 //! [`candidates`] → [`score`] → [`calibrate`] → [`verify`] → [`verdict`], each stage writing
 //! one artifact ([`pipeline`]) so that any stage can be re-run alone and an interrupted scan
-//! resumes; [`report`] assembles `report.json`.
+//! resumes; [`report`] assembles `report.json`. [`probe`] measures what a suspected trigger does
+//! (activation, attention and entropy, fuzzy variants) outside the pipeline.
 
 pub mod calibrate;
 pub mod candidates;
@@ -11,6 +12,7 @@ pub mod invert;
 pub mod leak;
 pub mod motifs;
 pub mod pipeline;
+pub mod probe;
 pub mod prompt;
 pub mod prompts;
 pub mod report;

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod models;
+pub mod probe;
 pub mod scan;
 pub mod zoo;
 
