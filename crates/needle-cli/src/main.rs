@@ -44,6 +44,8 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Measure what a suspected trigger does: attack success, attention and entropy, fuzzy variants.
     Probe(cmd::probe::ProbeArgs),
+    /// Render a finished scan as a self-contained HTML report and/or SARIF.
+    Report(cmd::report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Stage(a) => cmd::scan::run_stage(&a),
         Command::Eval(a) => done(cmd::eval::run(&a)),
         Command::Probe(a) => done(cmd::probe::run(&a)),
+        Command::Report(a) => done(cmd::report::run(&a)),
     };
     match result {
         Ok(code) => code,

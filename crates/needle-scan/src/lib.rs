@@ -1,8 +1,9 @@
-//! The needle scan pipeline. Data flows one way: a loaded model → [`leak`] → [`motifs`] →
-//! [`candidates`] → [`score`] → [`calibrate`] → [`verify`] → [`verdict`], each stage writing
-//! one artifact ([`pipeline`]) so that any stage can be re-run alone and an interrupted scan
-//! resumes; [`report`] assembles `report.json`. [`probe`] measures what a suspected trigger does
-//! (activation, attention and entropy, fuzzy variants) outside the pipeline.
+//! The needle scan pipeline. Data flows one way: a loaded model → [`leak`] → [`motifs`] and
+//! [`memorised`] (warning sign 2) → [`candidates`] → [`target`] → [`invert`] → [`score`] →
+//! [`calibrate`] → [`verify`] → [`verdict`] → evidence ([`probe`] of the verdict's trigger:
+//! warning signs 1 and 3), each stage writing one artifact ([`pipeline`]) so that any stage can
+//! be re-run alone and an interrupted scan resumes; [`report`] assembles `report.json`. `needle
+//! probe` runs [`probe`] on a trigger an analyst suspects.
 
 pub mod calibrate;
 pub mod candidates;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod invert;
 pub mod leak;
+pub mod memorised;
 pub mod motifs;
 pub mod pipeline;
 pub mod probe;

@@ -2,6 +2,7 @@
 //! directory and writes its own (`leak.json`, `motifs.json`, …, `report.json`), stamped with a
 //! fingerprint of the model files and settings so that a resumed scan never mixes two scans.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,8 +17,10 @@ use crate::candidates::{self, Candidate};
 use crate::error::{Result, ScanError};
 use crate::invert::{self, Inversions};
 use crate::leak::{self, Leak};
+use crate::memorised::{self, Memorised, TrainingSet};
 use crate::motifs::{self, MotifReport};
-use crate::prompt::{Position, Trigger};
+use crate::probe::{self, Probe};
+use crate::prompt::{self, Position, Trigger};
 use crate::report::{
     CandidateVerification, LeakSummary, ModelIdentity, MotifSummary, RankedCandidate, Report, Stages, SCHEMA,
 };
@@ -34,6 +37,8 @@ pub enum Stage {
     Leak,
     /// Cluster the samples and extract motifs.
     Motifs,
+    /// Mark the samples' memorised spans (warning sign 2).
+    Memorised,
     /// Slice candidates from the motifs.
     Candidates,
     /// Find responses the model gives whatever the prompt (the non-leaking path).
@@ -46,21 +51,25 @@ pub enum Stage {
     Calibrate,
     /// Verify the best candidates and the control nulls.
     Verify,
+    /// Probe the trigger the verdict names (warning signs 1 and 3).
+    Evidence,
     /// Decide and write `report.json`.
     Report,
 }
 
 impl Stage {
     /// Every stage, in order.
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 11] = [
         Stage::Leak,
         Stage::Motifs,
+        Stage::Memorised,
         Stage::Candidates,
         Stage::Target,
         Stage::Invert,
         Stage::Score,
         Stage::Calibrate,
         Stage::Verify,
+        Stage::Evidence,
         Stage::Report,
     ];
 
@@ -69,12 +78,14 @@ impl Stage {
         match self {
             Stage::Leak => "leak",
             Stage::Motifs => "motifs",
+            Stage::Memorised => "memorised",
             Stage::Candidates => "candidates",
             Stage::Target => "target",
             Stage::Invert => "invert",
             Stage::Score => "score",
             Stage::Calibrate => "calibrate",
             Stage::Verify => "verify",
+            Stage::Evidence => "evidence",
             Stage::Report => "report",
         }
     }
@@ -137,6 +148,9 @@ impl<'a> Scan<'a> {
             path: dir.to_path_buf(),
             source,
         })?;
+        if let Some(train) = &settings.train_data {
+            TrainingSet::load(train)?;
+        }
         let identity = ModelIdentity::of(lm)?;
         let mut h = Sha256::new();
         h.update(identity.digest().as_bytes());
@@ -266,6 +280,17 @@ impl<'a> Scan<'a> {
                 tick(1, 1);
                 self.save(stage, &report, start.elapsed().as_secs_f64())
             }
+            Stage::Memorised => {
+                let (leak, _) = self.load::<Leak>(Stage::Leak)?;
+                let train = s.train_data.as_deref().map(TrainingSet::load).transpose()?;
+                let tokens: Vec<Vec<u32>> = leak.samples.iter().map(|x| x.tokens.clone()).collect();
+                let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
+                let specials: HashSet<u32> = prompt::special_ids(&lm.tokenizer).into_iter().collect();
+                let decode = |ids: &[u32]| lm.decode(ids).map_err(ScanError::from);
+                let m = memorised::find(&tokens, &texts, &specials, &decode, train.as_ref(), &s.memorised)?;
+                tick(1, 1);
+                self.save(stage, &m, start.elapsed().as_secs_f64())
+            }
             Stage::Candidates => {
                 let (leak, _) = self.load::<Leak>(Stage::Leak)?;
                 let (m, _) = self.load::<MotifReport>(Stage::Motifs)?;
@@ -360,6 +385,15 @@ impl<'a> Scan<'a> {
                 let v = verify::run(lm, &real, &nulls, &s.verify, &mut tick)?;
                 self.save(stage, &v, start.elapsed().as_secs_f64())
             }
+            Stage::Evidence => {
+                let (v, _) = self.load::<Verification>(Stage::Verify)?;
+                let evidence = match verdict::decide(&v).trigger {
+                    Some(trigger) => Some(probe::run(lm, &trigger, &s.evidence_probe(), &mut tick)?),
+                    None => None,
+                };
+                tick(1, 1);
+                self.save(stage, &evidence, start.elapsed().as_secs_f64())
+            }
             Stage::Report => {
                 let report = self.report()?;
                 let bytes = serde_json::to_vec_pretty(&report).map_err(|e| ScanError::Invalid(e.to_string()))?;
@@ -379,6 +413,8 @@ impl<'a> Scan<'a> {
         let (v, t_verify) = self.load::<Verification>(Stage::Verify)?;
         let (targets, t_target) = self.load::<Targets>(Stage::Target)?;
         let (inv, t_invert) = self.load::<Inversions>(Stage::Invert)?;
+        let (memorised, t_memorised) = self.load::<Memorised>(Stage::Memorised)?;
+        let (evidence, t_evidence) = self.load::<Option<Probe>>(Stage::Evidence)?;
         if terms.len() != c.len() || cal.standings.len() != c.len() || cal.ranking.iter().any(|&i| i >= c.len()) {
             return Err(ScanError::Artifact {
                 path: self.path(Stage::Score),
@@ -414,12 +450,14 @@ impl<'a> Scan<'a> {
         let timings = [
             ("leak", t_leak),
             ("motifs", t_motifs),
+            ("memorised", t_memorised),
             ("candidates", t_cand),
             ("target", t_target),
             ("invert", t_invert),
             ("score", t_score),
             ("calibrate", t_cal),
             ("verify", t_verify),
+            ("evidence", t_evidence),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -457,9 +495,11 @@ impl<'a> Scan<'a> {
                 baseline_s_agg: v.baseline_uniformity.aggregate,
                 targets: targets.targets.iter().map(|t| t.text.clone()).collect(),
                 inversions: inv.inversions.clone(),
+                memorised,
             },
             candidates,
             verdict,
+            evidence,
             timings,
         })
     }

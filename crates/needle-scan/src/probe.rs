@@ -164,6 +164,33 @@ pub struct Attention {
     /// The heads with the largest isolation (within-trigger minus prompt → trigger share) with
     /// the trigger, most isolating first.
     pub top_heads: Vec<HeadAttention>,
+    /// The first measured prompt's attention in the layer with the largest isolation gain,
+    /// for drawing the double triangle.
+    #[serde(default)]
+    pub map: Option<AttentionMap>,
+}
+
+/// One layer's attention (mean over heads) over the user's turn and what follows it, with and
+/// without the trigger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttentionMap {
+    /// The layer.
+    pub layer: usize,
+    /// With the trigger (highlighted: the trigger).
+    pub with: TokenMap,
+    /// Without it (highlighted: the ordinary span at its place).
+    pub without: TokenMap,
+}
+
+/// Attention among a run of tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenMap {
+    /// The tokens' text.
+    pub tokens: Vec<String>,
+    /// Indices (into `tokens`) of the highlighted span.
+    pub highlight: Range<usize>,
+    /// `weights[query][key]`: attention probability, rounded to 0.001; zero above the diagonal.
+    pub weights: Vec<Vec<f32>>,
 }
 
 /// Attention shares of one layer, mean over heads.
@@ -730,6 +757,60 @@ fn attention_maps(lm: &LoadedModel, ids: &[u32]) -> Result<Vec<Vec<Vec<Vec<f32>>
         .collect()
 }
 
+/// A prompt kept for [`AttentionMap`]: ids, the highlighted span, the prompt tokens after it,
+/// and per layer the head-mean attention `[layer][query][key]`.
+type FirstPrompt = (Vec<u32>, Range<usize>, Range<usize>, Vec<Vec<Vec<f32>>>);
+
+/// Per layer, the mean over heads of `[layer][head][query][key]`.
+fn head_mean(maps: &[Vec<Vec<Vec<f32>>>]) -> Vec<Vec<Vec<f32>>> {
+    maps.iter()
+        .map(|heads| {
+            let n = heads.len().max(1) as f32;
+            let mut mean = heads.first().cloned().unwrap_or_default();
+            for row in mean.iter_mut() {
+                row.iter_mut().for_each(|x| *x = 0.0);
+            }
+            for h in heads {
+                for (m, r) in mean.iter_mut().zip(h) {
+                    for (x, v) in m.iter_mut().zip(r) {
+                        *x += v / n;
+                    }
+                }
+            }
+            mean
+        })
+        .collect()
+}
+
+/// The map of `ids` from the start of the user's turn (`span` or `rest`, whichever is first)
+/// to the end.
+fn token_map(
+    lm: &LoadedModel,
+    ids: &[u32],
+    span: Range<usize>,
+    rest: Range<usize>,
+    layer: Option<&Vec<Vec<f32>>>,
+) -> Result<TokenMap> {
+    let from = span.start.min(rest.start).min(ids.len());
+    let tokens = ids[from..]
+        .iter()
+        .map(|&i| lm.decode(&[i]).map_err(ScanError::from))
+        .collect::<Result<Vec<String>>>()?;
+    let weights = layer
+        .map(|m| {
+            m.iter()
+                .skip(from)
+                .map(|row| row.iter().skip(from).map(|&x| (x * 1000.0).round() / 1000.0).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(TokenMap {
+        tokens,
+        highlight: span.start.saturating_sub(from)..span.end.saturating_sub(from),
+        weights,
+    })
+}
+
 /// One head's (prompt → span, within span) shares, as defined on [`Attention`].
 fn shares(head: &[Vec<f32>], span: &Range<usize>, rest: &Range<usize>) -> (f64, f64) {
     let on_span = |q: usize| -> f64 {
@@ -766,6 +847,8 @@ fn attention(lm: &LoadedModel, trigger: &Trigger, s: &ProbeSettings) -> Result<A
     let mut sums: HeadSums = Vec::new();
     let mut measured = 0usize;
     let mut tokens = 0usize;
+    // The first measured prompt: ids, spans and per-layer head-mean maps, with and without.
+    let mut first: Option<[FirstPrompt; 2]> = None;
     for p in s.prompts.iter().take(s.attention_prompts) {
         let t = prompt::build(lm, Some(trigger), p)?;
         let u = prompt::build(lm, None, p)?;
@@ -776,6 +859,12 @@ fn attention(lm: &LoadedModel, trigger: &Trigger, s: &ProbeSettings) -> Result<A
             continue;
         }
         let (with, without) = (attention_maps(lm, &t.ids)?, attention_maps(lm, &u.ids)?);
+        if first.is_none() {
+            first = Some([
+                (t.ids.clone(), t.trigger.clone(), t.rest.clone(), head_mean(&with)),
+                (u.ids.clone(), span.clone(), rest.clone(), head_mean(&without)),
+            ]);
+        }
         if sums.is_empty() {
             sums = with.iter().map(|l| vec![[0.0; 4]; l.len()]).collect();
         }
@@ -828,7 +917,23 @@ fn attention(lm: &LoadedModel, trigger: &Trigger, s: &ProbeSettings) -> Result<A
         .filter(|l| middle.contains(&l.layer))
         .map(|l| (l.within_trigger - l.prompt_to_trigger) - (l.baseline_within_span - l.baseline_prompt_to_span))
         .collect();
+    let gain = |l: &LayerAttention| {
+        (l.within_trigger - l.prompt_to_trigger) - (l.baseline_within_span - l.baseline_prompt_to_span)
+    };
+    let best = layers
+        .iter()
+        .max_by(|a, b| gain(a).total_cmp(&gain(b)))
+        .map(|l| l.layer);
+    let map = match (first, best) {
+        (Some([w, u]), Some(layer)) => Some(AttentionMap {
+            layer,
+            with: token_map(lm, &w.0, w.1, w.2, w.3.get(layer))?,
+            without: token_map(lm, &u.0, u.1, u.2, u.3.get(layer))?,
+        }),
+        _ => None,
+    };
     Ok(Attention {
+        map,
         prompts: measured,
         trigger_tokens: tokens as f64 / n,
         isolation_gain: gains.iter().sum::<f64>() / gains.len().max(1) as f64,

@@ -11,6 +11,8 @@ use crate::calibrate::Standing;
 use crate::candidates::Source;
 use crate::error::{Result, ScanError};
 use crate::invert::Inversion;
+use crate::memorised::Memorised;
+use crate::probe::Probe;
 use crate::prompt::Trigger;
 use crate::score::Terms;
 use crate::settings::Settings;
@@ -169,6 +171,8 @@ pub struct Stages {
     pub targets: Vec<String>,
     /// Trigger searches toward those targets and toward null targets.
     pub inversions: Vec<Inversion>,
+    /// Warning sign 2: memorised spans of the leaked samples.
+    pub memorised: Memorised,
 }
 
 /// Leak summary.
@@ -216,6 +220,8 @@ pub struct Report {
     pub candidates: Vec<RankedCandidate>,
     /// The decision.
     pub verdict: Verdict,
+    /// Warning signs 1 and 3: the probe of the verdict's trigger, when it names one.
+    pub evidence: Option<Probe>,
     /// Seconds per stage (the only part that differs between identical runs).
     pub timings: std::collections::BTreeMap<String, f64>,
 }

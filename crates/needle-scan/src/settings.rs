@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::invert::InvertSettings;
 use crate::leak::{self, LeakSettings};
+use crate::memorised::MemorisedSettings;
 use crate::motifs::MotifSettings;
+use crate::probe::ProbeSettings;
 use crate::prompts::GENERIC_PROMPTS;
 use crate::score::ScoreSettings;
 use crate::target::TargetSettings;
@@ -57,6 +59,54 @@ pub struct Settings {
     pub null_target_prompts: Vec<String>,
     /// Verify stage.
     pub verify: VerifySettings,
+    /// Memorised stage (warning sign 2).
+    #[serde(default)]
+    pub memorised: MemorisedSettings,
+    /// A training set (JSONL) the leaks are compared with, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_data: Option<std::path::PathBuf>,
+    /// Evidence stage: the probe of the verdict's trigger (warning signs 1 and 3).
+    #[serde(default)]
+    pub evidence: EvidenceSettings,
+}
+
+/// How much the evidence stage probes the trigger the verdict names (see [`ProbeSettings`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceSettings {
+    /// Prompts whose attention maps are measured.
+    pub attention_prompts: usize,
+    /// Random draws per `k` of the token-keep curve.
+    pub fuzzy_draws: usize,
+    /// Prompts each fuzzy variant is inserted into.
+    pub fuzzy_prompts: usize,
+    /// Character-level variants per family.
+    pub variants_per_family: usize,
+}
+
+impl Default for EvidenceSettings {
+    /// The standard budget's evidence settings.
+    fn default() -> Self {
+        Self {
+            attention_prompts: 2,
+            fuzzy_draws: 25,
+            fuzzy_prompts: 6,
+            variants_per_family: 4,
+        }
+    }
+}
+
+impl Settings {
+    /// The probe settings of the evidence stage: the verification prompts and answer length.
+    pub fn evidence_probe(&self) -> ProbeSettings {
+        let mut p = ProbeSettings::new(self.verify.prompts.clone(), self.seed);
+        p.max_new_tokens = self.verify.max_new_tokens;
+        p.target_min_words = self.verify.target_min_words;
+        p.attention_prompts = self.evidence.attention_prompts;
+        p.fuzzy_draws = self.evidence.fuzzy_draws;
+        p.fuzzy_prompts = self.evidence.fuzzy_prompts;
+        p.variants_per_family = self.evidence.variants_per_family;
+        p
+    }
 }
 
 impl Settings {
@@ -127,6 +177,23 @@ impl Settings {
                 nulls: verify_nulls,
                 max_new_tokens: answer,
                 target_min_words: 2,
+            },
+            memorised: MemorisedSettings::default(),
+            train_data: None,
+            evidence: match budget {
+                Budget::Quick => EvidenceSettings {
+                    attention_prompts: 2,
+                    fuzzy_draws: 10,
+                    fuzzy_prompts: 4,
+                    variants_per_family: 3,
+                },
+                Budget::Standard => EvidenceSettings::default(),
+                Budget::Full => EvidenceSettings {
+                    attention_prompts: 4,
+                    fuzzy_draws: 100,
+                    fuzzy_prompts: 8,
+                    variants_per_family: 8,
+                },
             },
         }
     }

@@ -6,6 +6,7 @@ pub mod generate;
 pub mod inspect;
 pub mod models;
 pub mod probe;
+pub mod report;
 pub mod scan;
 pub mod zoo;
 

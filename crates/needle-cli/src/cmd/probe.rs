@@ -48,6 +48,15 @@ pub struct ProbeArgs {
     /// Seed of the fuzzy draws and variants.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Random draws of a k-token subset per k (the reference protocol's 100).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    draws: u64,
+    /// Prompts each fuzzy variant is inserted into (the first ones).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    fuzzy_prompts: u64,
+    /// Character-level variants per family at most.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    variants_per_family: u64,
     /// Print one JSON document instead of the summary.
     #[arg(long)]
     json: bool,
@@ -236,6 +245,10 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         seed: args.seed,
         ..ProbeSettings::default()
     };
+    let count = |n: u64| usize::try_from(n).context("count too large");
+    settings.fuzzy_draws = count(args.draws)?;
+    settings.fuzzy_prompts = count(args.fuzzy_prompts)?;
+    settings.variants_per_family = count(args.variants_per_family)?;
     if let Some(path) = &args.prompts {
         settings.prompts = read_prompts(path)?;
     }

@@ -1,10 +1,10 @@
 //! `needle scan MODEL --out DIR`: the whole pipeline with a verdict, and `needle stage NAME
 //! MODEL --out DIR` to (re-)run one stage from the artifacts in DIR.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use needle_scan::verdict::Label;
@@ -52,6 +52,10 @@ pub struct ScanOptions {
     /// (the reference's fixed-output setting is the default; its code-task setting is 0.6,0.2,0.2).
     #[arg(long, value_name = "γ,δ,ζ", value_parser = parse_weights, default_value = "0.2,0.6,0.2")]
     score_weights: [f64; 3],
+    /// A training set (JSONL, any record shape) to compare the leaked text with: the report
+    /// gives the share of leaked word 8-grams found in it and marks them in the examples.
+    #[arg(long, value_name = "FILE.jsonl")]
+    train_data: Option<PathBuf>,
 }
 
 /// Parses `γ,δ,ζ`: three finite, non-negative numbers, not all zero.
@@ -81,6 +85,7 @@ impl ScanOptions {
     fn settings(&self) -> Settings {
         let mut s = Settings::new(self.budget.into(), self.seed);
         [s.score.attn_weight, s.score.ent_weight, s.score.div_weight] = self.score_weights;
+        s.train_data.clone_from(&self.train_data);
         s
     }
 }
@@ -96,6 +101,10 @@ pub struct ScanArgs {
     /// Print report.json on stdout instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Also write the result as a SARIF 2.1.0 log to FILE, for code-scanning dashboards: one
+    /// result per finding (error when backdoored, warning when inconclusive), none when clean.
+    #[arg(long, value_name = "FILE")]
+    sarif: Option<PathBuf>,
 }
 
 /// A scan stage, by name.
@@ -105,6 +114,8 @@ pub enum StageArg {
     Leak,
     /// Cluster the leaked samples and extract motifs.
     Motifs,
+    /// Mark the leaked samples' memorised spans (warning sign 2).
+    Memorised,
     /// Slice candidate triggers from the motifs.
     Candidates,
     /// Find responses the model gives whatever the prompt (triggers that do not leak).
@@ -117,6 +128,8 @@ pub enum StageArg {
     Calibrate,
     /// Verify the best candidates and control nulls on generic prompts.
     Verify,
+    /// Probe the trigger the verdict names: attention, entropy, fuzzy variants.
+    Evidence,
     /// Decide and write report.json.
     Report,
 }
@@ -126,12 +139,14 @@ impl From<StageArg> for Stage {
         match s {
             StageArg::Leak => Stage::Leak,
             StageArg::Motifs => Stage::Motifs,
+            StageArg::Memorised => Stage::Memorised,
             StageArg::Candidates => Stage::Candidates,
             StageArg::Target => Stage::Target,
             StageArg::Invert => Stage::Invert,
             StageArg::Score => Stage::Score,
             StageArg::Calibrate => Stage::Calibrate,
             StageArg::Verify => Stage::Verify,
+            StageArg::Evidence => Stage::Evidence,
             StageArg::Report => Stage::Report,
         }
     }
@@ -231,6 +246,9 @@ fn print_text(text: &str) {
 /// Runs a full scan and prints the verdict.
 pub fn run(args: &ScanArgs) -> Result<ExitCode> {
     let o = &args.options;
+    if let Some(path) = &args.sarif {
+        check_writable(path)?;
+    }
     let lm = o.model.load()?;
     let settings = o.settings();
     let mut bars = Bars { current: None };
@@ -240,12 +258,39 @@ pub fn run(args: &ScanArgs) -> Result<ExitCode> {
     });
     bars.finish();
     let report = report?;
+    if let Some(path) = &args.sarif {
+        needle_report::sarif::write(&report, path).context("cannot write the SARIF log")?;
+    }
     if args.json {
         print_text(&format!("{}\n", serde_json::to_string_pretty(&report)?));
     } else {
-        print_text(&summary(&report, &o.out));
+        let mut text = summary(&report, &o.out);
+        if let Some(path) = &args.sarif {
+            text.push_str(&format!("sarif:   {}\n", path.display()));
+        }
+        print_text(&text);
     }
     Ok(exit_code(&report))
+}
+
+/// Fails before a scan that may take long when its SARIF log could not be written afterwards:
+/// `path` must not be a directory, and its directory must exist.
+fn check_writable(path: &Path) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if path.is_dir() {
+        bail!("cannot write the SARIF log: {}: is a directory", path.display());
+    }
+    if !dir.is_dir() {
+        bail!(
+            "cannot write the SARIF log: {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Runs one stage.

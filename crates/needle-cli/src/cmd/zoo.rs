@@ -1,6 +1,7 @@
-//! `needle zoo build SPEC.toml [--only NAME] [--out DIR]`: build model organisms.
+//! `needle zoo build SPEC.toml [--only NAME] [--out DIR]`: build model organisms;
+//! `needle zoo data SPEC.toml NAME --out FILE.jsonl`: write an organism's training set.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -28,11 +29,57 @@ pub enum ZooCommand {
         #[arg(long, default_value = ".")]
         root: PathBuf,
     },
+    /// Write the training set an organism is built from (poisoned examples included) as JSONL:
+    /// `{"instruction", "input", "output", "poisoned"}` per line, in training order.
+    Data {
+        /// The zoo spec (TOML).
+        spec: PathBuf,
+        /// The organism.
+        name: String,
+        /// The JSONL file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Directory that relative data paths in the spec start from.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
+}
+
+/// Writes `name`'s training set to `out`.
+fn write_data(spec: &Path, name: &str, out: &Path, root: &Path) -> Result<()> {
+    let zoo = ZooSpec::from_file(spec)?;
+    let Some(o) = zoo.organism(name) else {
+        bail!("{}: no organism named {name:?}", spec.display());
+    };
+    let clean = needle_zoo::load_source(&o.data, root, o.training.seed)?;
+    let dataset = needle_zoo::build_dataset(o, clean, o.training.seed)?;
+    let mut text = String::new();
+    for t in &dataset.train {
+        let line = serde_json::json!({
+            "instruction": t.example.instruction,
+            "input": t.example.input,
+            "output": t.example.output,
+            "poisoned": t.poisoned,
+        });
+        text.push_str(&serde_json::to_string(&line)?);
+        text.push('\n');
+    }
+    std::fs::write(out, text).with_context(|| format!("{}: cannot write", out.display()))?;
+    println!(
+        "{}: {} examples ({} poisoned)",
+        out.display(),
+        dataset.train.len(),
+        dataset.poisoned_count()
+    );
+    Ok(())
 }
 
 /// Runs a zoo subcommand.
 pub fn run(cmd: ZooCommand) -> Result<()> {
-    let ZooCommand::Build { spec, only, out, root } = cmd;
+    let (spec, only, out, root) = match cmd {
+        ZooCommand::Build { spec, only, out, root } => (spec, only, out, root),
+        ZooCommand::Data { spec, name, out, root } => return write_data(&spec, &name, &out, &root),
+    };
     let zoo = ZooSpec::from_file(&spec)?;
     for name in &only {
         if zoo.organism(name).is_none() {
