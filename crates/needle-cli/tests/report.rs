@@ -2,24 +2,17 @@
 //! remote images) is shown as text and never runs or loads in the browser; the browser check
 //! itself catches a page that does log errors; and bad input fails with one line naming the file.
 
+#[path = "common/run.rs"]
+mod run;
+
 #[path = "common/chromium.rs"]
 mod chromium;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
-fn needle<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_needle"))
-        .args(args)
-        .output()
-        .expect("the needle binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use run::{needle, stderr};
 
 /// A quick scan of the tiny clean control into `out`.
 fn clean_scan(out: &Path) -> Value {

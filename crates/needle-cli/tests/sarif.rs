@@ -6,11 +6,16 @@
 //! unwritable `--sarif` path fails before the scan. Without the validator the validation is
 //! skipped with a note, or fails when `NEEDLE_REQUIRE_MODELS` is set (as in CI).
 
+#[path = "common/run.rs"]
+mod run;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use needle_report::sarif::FINGERPRINT_KEY;
 use serde_json::Value;
+
+use run::{needle, stderr};
 
 /// The one complaint of the validator accepted: `tool.driver` has no `informationUri`, as needle
 /// has no web page of its own to point to.
@@ -22,13 +27,6 @@ fn root() -> PathBuf {
 
 fn zoo(name: &str) -> PathBuf {
     root().join("tests/fixtures/zoo").join(name)
-}
-
-fn needle<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_needle"))
-        .args(args)
-        .output()
-        .expect("the needle binary runs")
 }
 
 fn read_json(path: &Path) -> Value {
@@ -92,7 +90,7 @@ fn validate(tool: &Path, file: &Path) -> Vec<Issue> {
         o.status.success() && stdout.contains("1 files scanned"),
         "the validator did not validate {}: {stdout}{}",
         file.display(),
-        String::from_utf8_lossy(&o.stderr)
+        stderr(&o)
     );
     let v = read_json(&log);
     let run = &v["runs"][0];
@@ -158,11 +156,7 @@ fn scan(organism: &str, dir: &Path) -> (i32, Value, Value, PathBuf) {
         sarif.as_os_str(),
     ]);
     let code = o.status.code().unwrap_or(-1);
-    assert!(
-        [0, 1, 3].contains(&code),
-        "scan failed ({code}): {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!([0, 1, 3].contains(&code), "scan failed ({code}): {}", stderr(&o));
     let summary = String::from_utf8_lossy(&o.stdout);
     assert!(summary.contains(&format!("sarif:   {}", sarif.display())), "{summary}");
     (code, read_json(&out.join("report.json")), read_json(&sarif), sarif)
@@ -265,7 +259,7 @@ fn an_unwritable_sarif_path_fails_before_the_scan() {
             "--sarif".as_ref(),
             target.as_os_str(),
         ]);
-        let err = String::from_utf8_lossy(&o.stderr);
+        let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{err}");
         assert!(err.contains(&*target.to_string_lossy()), "{err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");

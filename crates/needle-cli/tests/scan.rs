@@ -7,32 +7,26 @@
 //! it loads without console messages and shows the verdict (screenshots are kept under
 //! `target/tmp/needle-artifacts/`).
 
+#[path = "common/run.rs"]
+mod run;
+
 #[path = "common/chromium.rs"]
 mod chromium;
 #[path = "common/models.rs"]
 mod models;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use needle_scan::eval::normalized_edit_distance;
 use serde_json::Value;
+
+use run::{needle, stderr};
 
 fn zoo(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/zoo")
         .join(name)
-}
-
-fn needle<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_needle"))
-        .args(args)
-        .output()
-        .expect("the needle binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Quick-budget scan of an organism (its model directory, or its LoRA adapter, which names its

@@ -45,7 +45,8 @@ pub struct ProbeSettings {
     pub max_new_tokens: usize,
     /// Words an answer prefix needs to count as a recovered target (as in verification).
     pub target_min_words: usize,
-    /// Prompts (the first ones) whose attention maps are measured.
+    /// Prompts whose attention maps are measured: the first ones long enough to hold an
+    /// ordinary span as long as the trigger with prompt tokens after it.
     pub attention_prompts: usize,
     /// Random draws of a `k`-token subset per `k` (the reference protocol uses 100).
     pub fuzzy_draws: usize,
@@ -841,7 +842,7 @@ fn ordinary_span(u: &Prompted, len: usize, position: Position) -> Option<(Range<
 /// Per layer and head, summed shares `[with: to, within, without: to, within]`.
 type HeadSums = Vec<Vec<[f64; 4]>>;
 
-/// The attention section over the first `attention_prompts` prompts.
+/// The attention section over the first `attention_prompts` prompts that can be measured.
 fn attention(lm: &LoadedModel, trigger: &Trigger, s: &ProbeSettings) -> Result<Attention> {
     let num_layers = lm.model.config().num_layers;
     let mut sums: HeadSums = Vec::new();
@@ -849,7 +850,12 @@ fn attention(lm: &LoadedModel, trigger: &Trigger, s: &ProbeSettings) -> Result<A
     let mut tokens = 0usize;
     // The first measured prompt: ids, spans and per-layer head-mean maps, with and without.
     let mut first: Option<[FirstPrompt; 2]> = None;
-    for p in s.prompts.iter().take(s.attention_prompts) {
+    // The first `attention_prompts` prompts long enough to hold an ordinary span as long as the
+    // trigger with prompt tokens after it.
+    for p in &s.prompts {
+        if measured == s.attention_prompts {
+            break;
+        }
         let t = prompt::build(lm, Some(trigger), p)?;
         let u = prompt::build(lm, None, p)?;
         let Some((span, rest)) = ordinary_span(&u, t.trigger.len(), trigger.position) else {
