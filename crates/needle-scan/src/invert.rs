@@ -311,10 +311,43 @@ struct Searched {
     iterations: usize,
 }
 
-/// The search prompts and the check prompts, cut around the trigger.
+/// The search prompts cut around the trigger, and every prompt (search and check) as text.
 struct PromptSets {
     search: Vec<Parts>,
-    check: Vec<Parts>,
+    texts: Vec<String>,
+}
+
+/// Whether the trigger `ids`, decoded to text and inserted as a prefix the way the verify stage
+/// inserts it (so re-tokenized, which can change its tokens), makes `target` the greedy answer
+/// after every prompt in `prompts`.
+fn forces_as_text(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u32]) -> Result<bool> {
+    let trigger = Trigger {
+        text: lm.decode(ids)?.trim().to_string(),
+        position: Position::Prefix,
+    };
+    let n = target.len();
+    for p in prompts {
+        let seq = [prompt::build(lm, Some(&trigger), p)?.ids.as_slice(), target].concat();
+        let input =
+            Tensor::from_vec(seq.clone(), (1, seq.len()), lm.model.device()).map_err(needle_runtime::Error::from)?;
+        let mut cache = lm.model.new_cache(vec![0], seq.len())?;
+        let want = Introspect {
+            logits: LogitPositions::Tail(n + 1),
+            ..Introspect::default()
+        };
+        let logits = lm.model.forward(&input, &mut cache, &want)?.logits;
+        let rows = logits
+            .narrow(1, 0, n)
+            .and_then(|l| l.to_vec3::<f32>())
+            .map_err(needle_runtime::Error::from)?;
+        for (row, &tok) in rows.iter().flatten().zip(target) {
+            let want = row.get(tok as usize).copied().unwrap_or(f32::NEG_INFINITY);
+            if row.iter().any(|&o| o > want) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Searches for a trigger that makes `target` likely after every prompt, stopping early once
@@ -337,7 +370,6 @@ fn search(
         .ok_or_else(|| ScanError::Invalid("no usable trigger token in the vocabulary".into()))?;
     let mut x = vec![init; s.trigger_tokens.max(1)];
     let prepared = prepare(lm, &sets.search, x.len(), target.len())?;
-    let check = prepare(lm, &sets.check, x.len(), target.len())?;
     let first = fits(lm, &prepared, &[x.clone()], target)?[0];
     let mut best = first;
     let mut best_x = x.clone();
@@ -347,12 +379,15 @@ fn search(
     while iterations < limit {
         if limit == s.iterations && best.forced && checked.as_ref() != Some(&best_x) {
             // A trigger that fits only just forces the target on unseen prompts less often
-            // than one searched further: once one generalises, search as long again.
-            if check.is_empty() || fits(lm, &check, &[best_x.clone()], target)?[0].forced {
+            // than one searched further: once one generalises — as the text the scan will
+            // insert, on the search and check prompts — search as long again.
+            // Each trigger is checked once (a check passing late, when twice its iterations
+            // reach the budget, leaves the limit unchanged).
+            checked = Some(best_x.clone());
+            if forces_as_text(lm, &sets.texts, &best_x, target)? {
                 limit = (2 * iterations).min(s.iterations);
                 continue;
             }
-            checked = Some(best_x.clone());
         }
         iterations += 1;
         let scores = token_scores(lm, &sets.search, &x, target)?;
@@ -459,7 +494,7 @@ pub fn run(
     }
     let sets = PromptSets {
         search: parts(lm, &s.prompts)?,
-        check: parts(lm, &s.check_prompts)?,
+        texts: s.prompts.iter().chain(&s.check_prompts).cloned().collect(),
     };
     let allowed = allowed_tokens(lm);
     let real: Vec<Vec<u32>> = targets
