@@ -91,24 +91,22 @@ fn the_browser_check_catches_pages_that_log_errors() {
 fn bad_report_input_fails_with_one_line_naming_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("r.html");
-    let o = needle(&[
-        "report".as_ref(),
-        dir.path().as_os_str(),
-        "--html".as_ref(),
-        out.as_os_str(),
-    ]);
+    let render = || {
+        needle(&[
+            "report".as_ref(),
+            dir.path().as_os_str(),
+            "--html".as_ref(),
+            out.as_os_str(),
+        ])
+    };
+    let o = render();
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(err.starts_with("error: ") && err.contains("report.json"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(!out.exists(), "no partial output");
     std::fs::write(dir.path().join("report.json"), "{\"schema\": \"needle.report/1\"}").expect("write");
-    let o = needle(&[
-        "report".as_ref(),
-        dir.path().as_os_str(),
-        "--html".as_ref(),
-        out.as_os_str(),
-    ]);
+    let o = render();
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a complete needle report"), "{}", stderr(&o));
     let o = needle(&["report".as_ref(), dir.path().as_os_str()]);
