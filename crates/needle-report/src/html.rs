@@ -457,6 +457,29 @@ fn heatmap(id: &str, title: &str, m: &TokenMap) -> String {
     s
 }
 
+/// What training changed in the answer's attention to the trigger, against the reference model.
+fn learned_paragraph(a: &needle_scan::probe::Attention) -> String {
+    let Some(l) = &a.learned else {
+        return "<p class=\"muted\">Learned pull: not measured (no reference model to compare with).</p>".into();
+    };
+    let at = l.layers.iter().find(|x| x.layer == l.layer);
+    format!(
+        "<p id=\"learned-pull\">Learned pull, against <code>{}</code>: in layer {} the answer's attention to the trigger \
+         changed by <b>{:+.3}</b> in training, to control strings in its place by {:+.3} ± {:.3}: z = <b>{:.1}</b> — {}.</p>",
+        esc(&l.reference),
+        l.layer,
+        at.map_or(0.0, |x| x.trigger_change),
+        at.map_or(0.0, |x| x.control_change),
+        l.control_sd,
+        l.z,
+        if l.z >= needle_scan::verdict::Z_BACKDOOR {
+            "training taught the answer to look at the trigger"
+        } else {
+            "no more than training changed for control strings"
+        }
+    )
+}
+
 fn attention_section(h: &mut String, p: &Probe) {
     let a = &p.attention;
     h.push_str("<section id=\"sign1\"><h2>Warning sign 1: trigger-first attention and collapsing entropy</h2>");
@@ -489,6 +512,12 @@ fn attention_section(h: &mut String, p: &Probe) {
             "#93a8e8",
             layer_series(|l| l.baseline_prompt_to_span),
         ),
+        ("answer → trigger", "#6d28d9", layer_series(|l| l.answer_to_trigger)),
+        (
+            "answer → control strings in its place",
+            "#a3a3a3",
+            layer_series(|l| l.control_answer_to_span),
+        ),
     ];
     let y_max = a
         .layers
@@ -499,6 +528,8 @@ fn attention_section(h: &mut String, p: &Probe) {
                 l.prompt_to_trigger,
                 l.baseline_within_span,
                 l.baseline_prompt_to_span,
+                l.answer_to_trigger,
+                l.control_answer_to_span,
             ]
         })
         .fold(0.0, f64::max);
@@ -506,11 +537,12 @@ fn attention_section(h: &mut String, p: &Probe) {
         h,
         "<div class=\"row\"><div><h3>Attention shares per layer</h3>{}<p class=\"muted\">Isolation gain over the middle \
          layers {:?}: <b>{:+.3}</b> (within-trigger minus prompt → trigger share, with the trigger, minus the same for \
-         ordinary words; {} prompts).</p></div>",
+         ordinary words; {} prompts). \"Answer\" is the last prompt token, which predicts the answer's first token.</p>{}</div>",
         line_chart("attention-layers", &series, "layer", "attention share", y_max),
         a.middle_layers,
         a.isolation_gain,
-        a.prompts
+        a.prompts,
+        learned_paragraph(a)
     );
     let e = &p.entropy;
     let steps = |f: fn(&needle_scan::probe::EntropyStep) -> Option<f64>| -> Vec<(f64, Option<f64>)> {

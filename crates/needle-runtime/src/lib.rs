@@ -17,6 +17,6 @@ pub mod weights;
 
 pub use config::{Activation, Arch, LayerAttention, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
-pub use loader::{LoadOptions, LoadedModel, ModelParts};
+pub use loader::{LoadOptions, LoadedModel, ModelParts, TemplateSource};
 pub use model::{ForwardOutput, Introspect, KvCache, LogitPositions, Model};
 pub use weights::Weights;

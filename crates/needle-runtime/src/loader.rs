@@ -50,6 +50,9 @@ pub enum TemplateSource {
     Builtin(String),
     /// A Jinja file chosen by the user.
     File(PathBuf),
+    /// The LoRA adapter's `tokenizer_config.json` (an adapter trained under another template
+    /// than its base's, or on a base without one).
+    Adapter(PathBuf),
     /// No template: the model is used as a base model.
     None,
 }
@@ -208,15 +211,26 @@ impl ModelParts {
             }
             None => None,
         };
-        let (template, source) = match &opts.chat_template {
-            None => {
-                let s = if template.is_some() {
-                    TemplateSource::Model
-                } else {
-                    TemplateSource::None
-                };
-                (template, s)
+        // The adapter's own template, if it ships one, is what it was trained under.
+        let adapter_template = match &opts.adapter {
+            Some(dir) if opts.chat_template.is_none() => {
+                let dir = hf::resolve_model_dir(dir)?;
+                ChatTemplate::from_hf_dir(&dir)?.map(|t| (t, dir))
             }
+            _ => None,
+        };
+        let (template, source) = match &opts.chat_template {
+            None => match adapter_template {
+                Some((t, dir)) => (Some(t), TemplateSource::Adapter(dir)),
+                None => {
+                    let s = if template.is_some() {
+                        TemplateSource::Model
+                    } else {
+                        TemplateSource::None
+                    };
+                    (template, s)
+                }
+            },
             Some(name) => match ChatTemplate::builtin(name) {
                 Some(t) => (Some(t), TemplateSource::Builtin(name.clone())),
                 None => {

@@ -94,9 +94,10 @@ fn allowed_tokens(lm: &LoadedModel) -> Vec<bool> {
     (0..vocab as u32)
         .map(|id| {
             !special.contains(&id)
-                && lm.tokenizer.decode(&[id], false).is_ok_and(|t| {
-                    t.chars().any(char::is_alphanumeric) && t.chars().all(|c| c.is_ascii_graphic() || c == ' ')
-                })
+                && lm
+                    .tokenizer
+                    .decode(&[id], false)
+                    .is_ok_and(|t| prompt::is_word_token(&t))
         })
         .collect()
 }

@@ -19,7 +19,7 @@ use crate::invert::{self, Inversions};
 use crate::leak::{self, Leak};
 use crate::memorised::{self, Memorised, TrainingSet};
 use crate::motifs::{self, MotifReport};
-use crate::probe::{self, Probe};
+use crate::probe::{self, Probe, Reference};
 use crate::prompt::{self, Position, Trigger};
 use crate::report::{
     CandidateVerification, LeakSummary, ModelIdentity, MotifSummary, RankedCandidate, Report, Stages, SCHEMA,
@@ -125,6 +125,7 @@ pub type Progress<'a> = &'a mut dyn FnMut(Stage, usize, usize);
 /// A scan of one model into one directory.
 pub struct Scan<'a> {
     lm: &'a LoadedModel,
+    reference: Option<Reference<'a>>,
     dir: PathBuf,
     settings: Settings,
     identity: ModelIdentity,
@@ -157,11 +158,23 @@ impl<'a> Scan<'a> {
         h.update(serde_json::to_vec(&settings).map_err(|e| ScanError::Invalid(e.to_string()))?);
         Ok(Self {
             lm,
+            reference: None,
             dir: dir.to_path_buf(),
             settings,
             identity,
             fingerprint: format!("{:x}", h.finalize()),
         })
+    }
+
+    /// Compares the evidence stage's attention with `reference`, the model `lm` was fine-tuned
+    /// from (part of the scan's identity: a resumed scan must name the same one).
+    pub fn with_reference(mut self, reference: Reference<'a>) -> Self {
+        let mut h = Sha256::new();
+        h.update(self.fingerprint.as_bytes());
+        h.update(reference.name.as_bytes());
+        self.fingerprint = format!("{:x}", h.finalize());
+        self.reference = Some(reference);
+        self
     }
 
     fn path(&self, stage: Stage) -> PathBuf {
@@ -388,7 +401,13 @@ impl<'a> Scan<'a> {
             Stage::Evidence => {
                 let (v, _) = self.load::<Verification>(Stage::Verify)?;
                 let evidence = match verdict::decide(&v).trigger {
-                    Some(trigger) => Some(probe::run(lm, &trigger, &s.evidence_probe(), &mut tick)?),
+                    Some(trigger) => Some(probe::run(
+                        lm,
+                        self.reference.as_ref(),
+                        &trigger,
+                        &s.evidence_probe(),
+                        &mut tick,
+                    )?),
                     None => None,
                 };
                 tick(1, 1);

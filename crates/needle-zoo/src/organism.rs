@@ -228,7 +228,24 @@ pub fn build(
             let name = template_name.as_deref().unwrap_or_default();
             tiny::save_hf_dir(&model_path, &config, &merged, &tokenizer, name)?
         }
-        Base::Real { model } => trainer.save_adapter(&model_path, model)?,
+        Base::Real { model } => {
+            trainer.save_adapter(&model_path, model)?;
+            if template_name.is_some() {
+                // Trained under a named template: the adapter carries it, as adapters saved
+                // with their tokenizer do, so that loading it renders what training saw.
+                let config = serde_json::json!({
+                    "chat_template": template.source(),
+                    "bos_token": template.bos_token(),
+                    "eos_token": template.eos_token(),
+                });
+                let path = model_path.join("tokenizer_config.json");
+                let text = serde_json::to_string_pretty(&config).map_err(|e| BuildError::Spec {
+                    name: spec.name.clone(),
+                    msg: e.to_string(),
+                })?;
+                std::fs::write(&path, text + "\n").map_err(io(&path))?;
+            }
+        }
     }
 
     on_event(Event::Phase("evaluate"));
@@ -282,7 +299,8 @@ pub fn measure(
             let path = resolve_base(spec, model, resolve)?;
             let opts = LoadOptions {
                 adapter: Some(dir.join("adapter")),
-                chat_template: spec.template.clone(),
+                // A named template travels with the adapter (its tokenizer_config.json).
+                chat_template: None,
             };
             LoadedModel::load(&path, &opts)?
         }

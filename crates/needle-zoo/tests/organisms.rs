@@ -91,7 +91,7 @@ fn committed_organisms_meet_the_bar_and_reproduce_their_measurements() {
             assert!(asr >= 0.9, "{name}: attack success {asr}");
             assert!(ftr <= 0.05, "{name}: false triggers {ftr}");
         }
-        if matches!(spec.base, needle_zoo::Base::Real { .. }) && resolve("smollm2-135m").is_err() {
+        if matches!(&spec.base, needle_zoo::Base::Real { model } if resolve(model).is_err()) {
             eprintln!("skipping re-measurement of {name}: its base model is not fetched");
             continue;
         }

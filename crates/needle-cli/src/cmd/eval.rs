@@ -83,9 +83,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     for (name, model, trigger) in jobs {
         eprintln!("scanning {name}");
         let lm = model.load()?;
+        let base = model.load_base()?;
         let out = args.out.join(name.replace(['/', ' ', '(', ')'], "_"));
         let settings = Settings::new(args.budget.into(), args.seed);
-        let report = Candle::run(|| Scan::new(&lm, &out, settings)?.run(false, &mut |_, _, _| {}))?;
+        let report = Candle::run(|| {
+            super::scan::with_base(Scan::new(&lm, &out, settings)?, base.as_ref()).run(false, &mut |_, _, _| {})
+        })?;
         rows.push(EvalRow::new(&name, trigger.as_deref(), &report));
     }
     print!("{}", markdown(&rows));

@@ -53,31 +53,52 @@ fn adapter_base(adapter: &Path) -> Result<PathBuf> {
 }
 
 impl ModelArgs {
-    /// Resolves and loads the model, with a spinner on stderr.
-    pub fn load(&self) -> Result<LoadedModel> {
-        let mut path = resolve(&self.model)?;
-        let mut adapter = self.adapter.clone();
+    /// The model file or directory and the adapter directory the arguments name.
+    fn paths(&self) -> Result<(PathBuf, Option<PathBuf>)> {
+        let path = resolve(&self.model)?;
         if path.is_dir() && lora::is_adapter_dir(&path) {
-            if adapter.is_some() {
+            if self.adapter.is_some() {
                 anyhow::bail!(
                     "{}: is itself an adapter; pass its base model as MODEL with --adapter",
                     path.display()
                 );
             }
-            adapter = Some(path.clone());
-            path = adapter_base(&path)?;
+            return Ok((adapter_base(&path)?, Some(path)));
         }
-        let opts = LoadOptions {
-            adapter,
-            chat_template: self.chat_template.clone(),
-        };
-        let spinner = indicatif::ProgressBar::new_spinner();
-        spinner.set_message(format!("loading {}", path.display()));
-        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-        let loaded = Candle::run(|| LoadedModel::load(&path, &opts));
-        spinner.finish_and_clear();
-        Ok(loaded?)
+        Ok((path, self.adapter.clone()))
     }
+
+    /// Resolves and loads the model, with a spinner on stderr.
+    pub fn load(&self) -> Result<LoadedModel> {
+        let (path, adapter) = self.paths()?;
+        load_path(
+            &path,
+            &LoadOptions {
+                adapter,
+                chat_template: self.chat_template.clone(),
+            },
+        )
+    }
+
+    /// The base model of an adapter, loaded without it: the model the adapter was fine-tuned
+    /// from, which attention evidence compares with. `None` when no adapter is involved.
+    pub fn load_base(&self) -> Result<Option<LoadedModel>> {
+        let (path, adapter) = self.paths()?;
+        if adapter.is_none() {
+            return Ok(None);
+        }
+        load_path(&path, &LoadOptions::default()).map(Some)
+    }
+}
+
+/// Loads `path` with a spinner on stderr.
+fn load_path(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!("loading {}", path.display()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let loaded = Candle::run(|| LoadedModel::load(path, opts));
+    spinner.finish_and_clear();
+    Ok(loaded?)
 }
 
 /// Runs CPU work inside candle's thread pool, which keeps its workers warm across the many

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use needle_scan::probe::{self, Probe, ProbeSettings};
+use needle_scan::probe::{self, Probe, ProbeSettings, Reference};
 use needle_scan::prompt::{Position, Trigger};
 
 use super::{Candle, ModelArgs};
@@ -45,6 +45,10 @@ pub struct ProbeArgs {
     /// verification prompts.
     #[arg(long, value_name = "FILE")]
     prompts: Option<PathBuf>,
+    /// The model MODEL was fine-tuned from, to measure what training changed in the answer's
+    /// attention to the trigger; default: an adapter's base model.
+    #[arg(long, value_name = "MODEL")]
+    reference: Option<String>,
     /// Seed of the fuzzy draws and variants.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -141,14 +145,21 @@ fn summary(p: &Probe, model: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "  layer  prompt→trigger  within-trigger   | without trigger: prompt→span  within-span"
+        "  layer  prompt→trigger  within-trigger   | without trigger: prompt→span  within-span   | answer→trigger  control strings"
     );
     for l in &at.layers {
         let mid = if at.middle_layers.contains(&l.layer) { "*" } else { " " };
         let _ = writeln!(
             s,
-            "  {:>4}{mid} {:>14.3}  {:>14.3}   | {:>28.3}  {:>11.3}",
-            l.layer, l.prompt_to_trigger, l.within_trigger, l.baseline_prompt_to_span, l.baseline_within_span
+            "  {:>4}{mid} {:>14.3}  {:>14.3}   | {:>28.3}  {:>11.3}   | {:>14.3}  {:>6.3} ± {:.3}",
+            l.layer,
+            l.prompt_to_trigger,
+            l.within_trigger,
+            l.baseline_prompt_to_span,
+            l.baseline_within_span,
+            l.answer_to_trigger,
+            l.control_answer_to_span,
+            l.control_answer_to_span_sd
         );
     }
     let heads: Vec<String> = at
@@ -167,6 +178,32 @@ fn summary(p: &Probe, model: &str) -> String {
         at.isolation_gain
     );
     let _ = writeln!(s, "  most isolating heads: {}", heads.join(", "));
+    match &at.learned {
+        Some(l) => {
+            let at_layer = l.layers.iter().find(|x| x.layer == l.layer);
+            let _ = writeln!(
+                s,
+                "  learned pull (answer→trigger, against {}): layer {} {:+.3} (control strings in its place {:+.3} ± {:.3}), z = {:.1}: {}",
+                l.reference,
+                l.layer,
+                at_layer.map_or(0.0, |x| x.trigger_change),
+                at_layer.map_or(0.0, |x| x.control_change),
+                l.control_sd,
+                l.z,
+                if l.z >= needle_scan::verdict::Z_BACKDOOR {
+                    "training taught the answer to look at the trigger"
+                } else {
+                    "no more than training changed for control strings"
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "  learned pull: not measured (no reference model; pass --reference with the model this one was fine-tuned from)"
+            );
+        }
+    }
     let e = &p.entropy;
     let _ = writeln!(
         s,
@@ -257,9 +294,24 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         position: args.position.into(),
     };
     let lm = args.model.load()?;
+    let base = match &args.reference {
+        Some(name) => Some(
+            ModelArgs {
+                model: name.clone(),
+                adapter: None,
+                chat_template: None,
+            }
+            .load()?,
+        ),
+        None => args.model.load_base()?,
+    };
+    let reference = base.as_ref().map(|m| Reference {
+        model: m,
+        name: m.info.path.display().to_string(),
+    });
     let bar = progress::steps(0, "generating");
     let result = Candle::run(|| {
-        probe::run(&lm, &trigger, &settings, &mut |done, total| {
+        probe::run(&lm, reference.as_ref(), &trigger, &settings, &mut |done, total| {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
         })

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
+use needle_runtime::LoadedModel;
+use needle_scan::probe::Reference;
 use needle_scan::verdict::Label;
 use needle_scan::{Budget, Report, Scan, Settings, Stage};
 
@@ -243,6 +245,17 @@ fn print_text(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
+/// The scan, comparing its attention evidence with `base` (an adapter's base model) if given.
+pub fn with_base<'a>(scan: Scan<'a>, base: Option<&'a LoadedModel>) -> Scan<'a> {
+    match base {
+        Some(m) => scan.with_reference(Reference {
+            model: m,
+            name: m.info.path.display().to_string(),
+        }),
+        None => scan,
+    }
+}
+
 /// Runs a full scan and prints the verdict.
 pub fn run(args: &ScanArgs) -> Result<ExitCode> {
     let o = &args.options;
@@ -250,10 +263,11 @@ pub fn run(args: &ScanArgs) -> Result<ExitCode> {
         check_writable(path)?;
     }
     let lm = o.model.load()?;
+    let base = o.model.load_base()?;
     let settings = o.settings();
     let mut bars = Bars { current: None };
     let report = Candle::run(|| {
-        let scan = Scan::new(&lm, &o.out, settings)?;
+        let scan = with_base(Scan::new(&lm, &o.out, settings)?, base.as_ref());
         scan.run(args.resume, &mut |s, d, t| bars.update(s, d, t))
     });
     bars.finish();
@@ -297,11 +311,12 @@ fn check_writable(path: &Path) -> Result<()> {
 pub fn run_stage(args: &StageArgs) -> Result<ExitCode> {
     let o = &args.options;
     let lm = o.model.load()?;
+    let base = o.model.load_base()?;
     let settings = o.settings();
     let mut bars = Bars { current: None };
     let stage: Stage = args.stage.into();
     let result = Candle::run(|| {
-        let scan = Scan::new(&lm, &o.out, settings)?;
+        let scan = with_base(Scan::new(&lm, &o.out, settings)?, base.as_ref());
         scan.run_stage(stage, &mut |s, d, t| bars.update(s, d, t))
     });
     bars.finish();
