@@ -462,7 +462,7 @@ fn learned_paragraph(a: &needle_scan::probe::Attention) -> String {
     let Some(l) = &a.learned else {
         return "<p class=\"muted\">Learned pull: not measured (no reference model to compare with).</p>".into();
     };
-    let at = l.layers.iter().find(|x| x.layer == l.layer);
+    let at = l.best();
     format!(
         "<p id=\"learned-pull\">Learned pull, against <code>{}</code>: in layer {} the answer's attention to the trigger \
          changed by <b>{:+.3}</b> in training, to control strings in its place by {:+.3} ± {:.3}: z = <b>{:.1}</b> — {}.</p>",
@@ -472,11 +472,7 @@ fn learned_paragraph(a: &needle_scan::probe::Attention) -> String {
         at.map_or(0.0, |x| x.control_change),
         l.control_sd,
         l.z,
-        if l.z >= needle_scan::verdict::Z_BACKDOOR {
-            "training taught the answer to look at the trigger"
-        } else {
-            "no more than training changed for control strings"
-        }
+        l.finding()
     )
 }
 

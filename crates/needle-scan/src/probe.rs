@@ -214,6 +214,22 @@ pub struct LearnedPull {
     pub z: f64,
 }
 
+impl LearnedPull {
+    /// The layer where the trigger's change stands out most.
+    pub fn best(&self) -> Option<&LayerPull> {
+        self.layers.iter().find(|x| x.layer == self.layer)
+    }
+
+    /// What it says, in words: whether `z` reaches the verdict's bar.
+    pub fn finding(&self) -> &'static str {
+        if self.z >= crate::verdict::Z_BACKDOOR {
+            "training taught the answer to look at the trigger"
+        } else {
+            "no more than training changed for control strings"
+        }
+    }
+}
+
 /// One layer of [`LearnedPull`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LayerPull {

@@ -180,7 +180,7 @@ fn summary(p: &Probe, model: &str) -> String {
     let _ = writeln!(s, "  most isolating heads: {}", heads.join(", "));
     match &at.learned {
         Some(l) => {
-            let at_layer = l.layers.iter().find(|x| x.layer == l.layer);
+            let at_layer = l.best();
             let _ = writeln!(
                 s,
                 "  learned pull (answer→trigger, against {}): layer {} {:+.3} (control strings in its place {:+.3} ± {:.3}), z = {:.1}: {}",
@@ -190,11 +190,7 @@ fn summary(p: &Probe, model: &str) -> String {
                 at_layer.map_or(0.0, |x| x.control_change),
                 l.control_sd,
                 l.z,
-                if l.z >= needle_scan::verdict::Z_BACKDOOR {
-                    "training taught the answer to look at the trigger"
-                } else {
-                    "no more than training changed for control strings"
-                }
+                l.finding()
             );
         }
         None => {
