@@ -11,6 +11,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
+use needle_scan::candidates::Source;
 use needle_scan::memorised::{HighlightKind, Memorised};
 use needle_scan::probe::{Probe, TokenMap};
 use needle_scan::verdict::Label;
@@ -212,11 +213,11 @@ fn candidates_section(h: &mut String, report: &Report) {
         h.push_str("</table>");
     }
     if report.candidates.is_empty() {
-        h.push_str("<p>No candidates were sliced from the leaked text.</p></section>");
+        h.push_str("<p>No candidates were sliced from the leaked text or reconstructed.</p></section>");
         return;
     }
     h.push_str(
-        "<h3>Candidates from the leaked text</h3><table><tr><th>#</th><th>candidate</th><th>z (score)</th>\
+        "<h3>Ranked candidates</h3><table><tr><th>#</th><th>candidate</th><th>from</th><th>z (score)</th>\
          <th>ΔS_agg</th><th>z (verified)</th><th>attack success</th><th>forced answer</th></tr>",
     );
     for c in report.candidates.iter().take(15) {
@@ -231,16 +232,22 @@ fn candidates_section(h: &mut String, report: &Report) {
         };
         let _ = write!(
             h,
-            "<tr><td class=\"num\">{}</td><td><code>{}</code></td><td class=\"num\">{:.2}</td><td class=\"num\">{delta}</td>\
+            "<tr><td class=\"num\">{}</td><td><code>{}</code></td><td>{}</td><td class=\"num\">{:.2}</td><td class=\"num\">{delta}</td>\
              <td class=\"num\">{z}</td><td class=\"num\">{asr}</td><td>{target}</td></tr>",
             c.rank,
             esc(&c.trigger.text),
+            match c.source {
+                Source::Conditioned { .. } => "leak (conditioning)",
+                Source::Motif { .. } => "leak (motif)",
+                Source::Inverted { .. } => "reconstructed",
+            },
             c.standing.z
         );
     }
     let _ = write!(
         h,
-        "</table><p class=\"muted\">{} of {} candidates shown; lower score z is more backdoor-like.</p></section>",
+        "</table><p class=\"muted\">{} of {} candidates shown: the verified ones first, strongest first (as the verdict \
+         picks its trigger), then the rest by score z (lower is more backdoor-like).</p></section>",
         report.candidates.len().min(15),
         report.candidates.len()
     );

@@ -7,7 +7,10 @@
 //! - *Motif slices* (the reference method): token 2-, 5- and 10-grams of every motif, and the
 //!   whole motifs, inserted before the user message.
 //!
-//! De-duplicated, conditioned n-grams first, capped.
+//! - *Reconstructed triggers*: those the invert stage found for the targets (the path for
+//!   triggers that never leak), so that they are scored, calibrated and ranked like the rest.
+//!
+//! De-duplicated, conditioned n-grams first, the leaked ones capped.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,6 +58,11 @@ pub enum Source {
     Motif {
         /// Index of the motif.
         motif: usize,
+    },
+    /// Reconstructed by the trigger search toward a found target.
+    Inverted {
+        /// Index of the inversion in `invert.json`.
+        inversion: usize,
     },
 }
 
@@ -192,6 +200,7 @@ pub fn collect(
     samples: &[String],
     specials: &[String],
     motifs: &[Motif],
+    inverted: &[Trigger],
     limit: usize,
 ) -> Result<Vec<Candidate>> {
     let count = |text: &str| -> Result<usize> {
@@ -242,6 +251,15 @@ pub fn collect(
         }
     }
     out.truncate(limit);
+    for (inversion, trigger) in inverted.iter().enumerate() {
+        if usable(&trigger.text) && !out.iter().any(|c| c.trigger.text == trigger.text) {
+            out.push(Candidate {
+                tokens: count(&trigger.text)?,
+                trigger: trigger.clone(),
+                source: Source::Inverted { inversion },
+            });
+        }
+    }
     Ok(out)
 }
 

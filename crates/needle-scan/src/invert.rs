@@ -24,7 +24,8 @@ pub struct InvertSettings {
     /// Benign prompts the trigger must work on (kept apart from the verification prompts).
     pub prompts: Vec<String>,
     /// Further prompts a trigger forcing the target on every search prompt must also force it
-    /// on before the search stops early (a check that it generalises, not just fits).
+    /// on before the search stops early (a check that it generalises, not just fits); from then
+    /// on the search fits them too.
     pub check_prompts: Vec<String>,
     /// Trigger length in tokens.
     pub trigger_tokens: usize,
@@ -55,7 +56,8 @@ pub struct Inversion {
     pub trigger: Trigger,
     /// Its token ids.
     pub trigger_ids: Vec<u32>,
-    /// Mean target loss (nats per token) at the start and the end of the search.
+    /// Mean target loss (nats per token) at the start (over the search prompts) and the end of
+    /// the search (over the search and check prompts once a trigger forced the target on all).
     pub loss: (f64, f64),
     /// Iterations run (fewer than the budget when the target was forced early).
     pub iterations: usize,
@@ -312,9 +314,11 @@ struct Searched {
     iterations: usize,
 }
 
-/// The search prompts cut around the trigger, and every prompt (search and check) as text.
+/// The search prompts cut around the trigger, the same for every prompt (search and check), and
+/// every prompt as text.
 struct PromptSets {
     search: Vec<Parts>,
+    all: Vec<Parts>,
     texts: Vec<String>,
 }
 
@@ -353,7 +357,7 @@ fn forces_as_text(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u
 
 /// Searches for a trigger that makes `target` likely after every prompt, stopping early once
 /// the target is the greedy answer on all of them and on the check prompts (after searching
-/// as long again).
+/// as long again, and at least half the budget).
 fn search(
     lm: &LoadedModel,
     sets: &PromptSets,
@@ -370,7 +374,9 @@ fn search(
         .or_else(|| allowed.iter().position(|&a| a).map(|t| t as u32))
         .ok_or_else(|| ScanError::Invalid("no usable trigger token in the vocabulary".into()))?;
     let mut x = vec![init; s.trigger_tokens.max(1)];
-    let prepared = prepare(lm, &sets.search, x.len(), target.len())?;
+    let mut parts = &sets.search;
+    let mut widened = false;
+    let mut prepared = prepare(lm, parts, x.len(), target.len())?;
     let first = fits(lm, &prepared, &[x.clone()], target)?[0];
     let mut best = first;
     let mut best_x = x.clone();
@@ -381,17 +387,28 @@ fn search(
         if limit == s.iterations && best.forced && checked.as_ref() != Some(&best_x) {
             // A trigger that fits only just forces the target on unseen prompts less often
             // than one searched further: once one generalises — as the text the scan will
-            // insert, on the search and check prompts — search as long again.
+            // insert, on the search and check prompts — search as long again (and at least
+            // half the budget in all).
             // Each trigger is checked once (a check passing late, when twice its iterations
             // reach the budget, leaves the limit unchanged).
             checked = Some(best_x.clone());
             if forces_as_text(lm, &sets.texts, &best_x, target)? {
-                limit = (2 * iterations).min(s.iterations);
+                limit = (2 * iterations).max(s.iterations / 2).min(s.iterations);
+                if !widened {
+                    // From here the search fits the check prompts too: the more prompts a
+                    // trigger fits, the more unseen ones it fires on. The best trigger is
+                    // re-measured on all of them.
+                    widened = true;
+                    parts = &sets.all;
+                    prepared = prepare(lm, parts, x.len(), target.len())?;
+                    x = best_x.clone();
+                    best = fits(lm, &prepared, &[x.clone()], target)?[0];
+                }
                 continue;
             }
         }
         iterations += 1;
-        let scores = token_scores(lm, &sets.search, &x, target)?;
+        let scores = token_scores(lm, parts, &x, target)?;
         let mut tops: Vec<Vec<u32>> = Vec::with_capacity(x.len());
         for row in &scores {
             let mut ids: Vec<u32> = (0..row.len() as u32).filter(|&t| allowed[t as usize]).collect();
@@ -440,8 +457,8 @@ fn search(
         tick();
     }
     // The search stops early once the target has been the greedy answer on every search and
-    // check prompt for as many iterations as it took to get there; the progress bar still
-    // counts the iterations it did not need.
+    // check prompt for as many iterations as it took to get there (and half the budget has
+    // run); the progress bar still counts the iterations it did not need.
     for _ in iterations..s.iterations {
         tick();
     }
@@ -493,9 +510,11 @@ pub fn run(
     if s.prompts.is_empty() {
         return Err(ScanError::Invalid("the inversion needs prompts".into()));
     }
+    let texts: Vec<String> = s.prompts.iter().chain(&s.check_prompts).cloned().collect();
     let sets = PromptSets {
         search: parts(lm, &s.prompts)?,
-        texts: s.prompts.iter().chain(&s.check_prompts).cloned().collect(),
+        all: parts(lm, &texts)?,
+        texts,
     };
     let allowed = allowed_tokens(lm);
     let real: Vec<Vec<u32>> = targets

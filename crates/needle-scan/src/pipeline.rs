@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::calibrate::{self, Null, Standing};
-use crate::candidates::{self, Candidate};
+use crate::candidates::{self, Candidate, Source};
 use crate::error::{Result, ScanError};
 use crate::invert::{self, Inversions};
 use crate::leak::{self, Leak};
@@ -28,7 +28,7 @@ use crate::score::{self, Terms};
 use crate::settings::Settings;
 use crate::target::{self, Targets};
 use crate::verdict::{self, Label};
-use crate::verify::{self, Verification};
+use crate::verify::{self, Verification, Verified};
 
 /// The stages in pipeline order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,12 +39,12 @@ pub enum Stage {
     Motifs,
     /// Mark the samples' memorised spans (warning sign 2).
     Memorised,
-    /// Slice candidates from the motifs.
-    Candidates,
     /// Find responses the model gives whatever the prompt (the non-leaking path).
     Target,
     /// Search for triggers that force the targets found, and for null targets.
     Invert,
+    /// Slice candidates from the motifs; add the reconstructed triggers.
+    Candidates,
     /// Score the candidates.
     Score,
     /// Score a null set and rank the candidates against it.
@@ -63,9 +63,9 @@ impl Stage {
         Stage::Leak,
         Stage::Motifs,
         Stage::Memorised,
-        Stage::Candidates,
         Stage::Target,
         Stage::Invert,
+        Stage::Candidates,
         Stage::Score,
         Stage::Calibrate,
         Stage::Verify,
@@ -105,6 +105,32 @@ pub struct Calibration {
     pub standings: Vec<Standing>,
     /// Candidate indices, most suspicious first.
     pub ranking: Vec<usize>,
+}
+
+/// The report's order of the candidates: those verified first, ordered as the verdict picks its
+/// trigger (forces a fixed answer, then `ΔS_agg`, then attack success) — verification is the
+/// decisive test — then the rest in calibration order (`ranking`, most suspicious first).
+fn final_ranking<'v>(ranking: &[usize], verified: impl Fn(usize) -> Option<&'v Verified>) -> Vec<usize> {
+    let mut order: Vec<(usize, usize)> = ranking.iter().copied().enumerate().collect();
+    let key = |i: usize| {
+        verified(i).map(|e| {
+            (
+                u8::from(verdict::forces_fixed_answer(e)),
+                e.delta,
+                e.attack_success_rate,
+            )
+        })
+    };
+    order.sort_by(|&(pa, a), &(pb, b)| match (key(a), key(b)) {
+        (Some(ka), Some(kb)) => kb
+            .partial_cmp(&ka)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(pa.cmp(&pb)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => pa.cmp(&pb),
+    });
+    order.into_iter().map(|(_, i)| i).collect()
 }
 
 /// The envelope of every stage artifact.
@@ -307,8 +333,22 @@ impl<'a> Scan<'a> {
             Stage::Candidates => {
                 let (leak, _) = self.load::<Leak>(Stage::Leak)?;
                 let (m, _) = self.load::<MotifReport>(Stage::Motifs)?;
+                let (inv, _) = self.load::<Inversions>(Stage::Invert)?;
                 let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
-                let c = candidates::collect(&lm.tokenizer, &texts, &self.specials(), &m.motifs, s.max_candidates)?;
+                let inverted: Vec<Trigger> = inv
+                    .inversions
+                    .iter()
+                    .take_while(|x| !x.null)
+                    .map(|x| x.trigger.clone())
+                    .collect();
+                let c = candidates::collect(
+                    &lm.tokenizer,
+                    &texts,
+                    &self.specials(),
+                    &m.motifs,
+                    &inverted,
+                    s.max_candidates,
+                )?;
                 tick(1, 1);
                 self.save(stage, &c, start.elapsed().as_secs_f64())
             }
@@ -368,9 +408,11 @@ impl<'a> Scan<'a> {
                     });
                 }
                 let (inv, _) = self.load::<Inversions>(Stage::Invert)?;
+                // The best leaked candidates, then every reconstructed trigger.
                 let mut real: Vec<Trigger> = cal
                     .ranking
                     .iter()
+                    .filter(|&&i| !matches!(c[i].source, Source::Inverted { .. }))
                     .take(s.verify.top)
                     .map(|&i| c[i].trigger.clone())
                     .collect();
@@ -441,11 +483,11 @@ impl<'a> Scan<'a> {
             });
         }
         let verdict = verdict::decide(&v);
-        let candidates = cal
-            .ranking
-            .iter()
+        let verified = |i: usize| v.entries.iter().find(|e| !e.null && e.trigger == c[i].trigger);
+        let candidates = final_ranking(&cal.ranking, verified)
+            .into_iter()
             .enumerate()
-            .map(|(rank, &i)| RankedCandidate {
+            .map(|(rank, i)| RankedCandidate {
                 rank: rank + 1,
                 trigger: c[i].trigger.clone(),
                 tokens: c[i].tokens,
@@ -453,26 +495,22 @@ impl<'a> Scan<'a> {
                 terms: terms[i],
                 combined: terms[i].combined(&self.settings.score),
                 standing: cal.standings[i],
-                verification: v
-                    .entries
-                    .iter()
-                    .find(|e| !e.null && e.trigger == c[i].trigger)
-                    .map(|e| CandidateVerification {
-                        s_agg: e.uniformity.aggregate,
-                        delta: e.delta,
-                        z: verdict::z_score(e, verdict.null_mean, verdict.null_sd),
-                        target: e.target.clone(),
-                        attack_success_rate: e.attack_success_rate,
-                    }),
+                verification: verified(i).map(|e| CandidateVerification {
+                    s_agg: e.uniformity.aggregate,
+                    delta: e.delta,
+                    z: verdict::z_score(e, verdict.null_mean, verdict.null_sd),
+                    target: e.target.clone(),
+                    attack_success_rate: e.attack_success_rate,
+                }),
             })
             .collect();
         let timings = [
             ("leak", t_leak),
             ("motifs", t_motifs),
             ("memorised", t_memorised),
-            ("candidates", t_cand),
             ("target", t_target),
             ("invert", t_invert),
+            ("candidates", t_cand),
             ("score", t_score),
             ("calibrate", t_cal),
             ("verify", t_verify),
@@ -534,5 +572,25 @@ impl<'a> Scan<'a> {
             self.run_stage(stage, progress)?;
         }
         self.report()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::tests::entry;
+
+    #[test]
+    fn verified_candidates_rank_first_in_the_verdicts_order() {
+        // Calibration ranks 0, 1, 2, 3; 3 and 1 were verified, and 3 forces a fixed answer.
+        let entries = [entry("one", false, 0.2, 0.0), entry("three", false, 0.1, 0.9)];
+        let names = ["zero", "one", "two", "three"];
+        let verified = |i: usize| entries.iter().find(|e| e.trigger.text == names[i]);
+        assert_eq!(final_ranking(&[0, 1, 2, 3], verified), vec![3, 1, 0, 2]);
+        assert_eq!(
+            final_ranking(&[2, 0], verified),
+            vec![2, 0],
+            "unverified keep their order"
+        );
     }
 }

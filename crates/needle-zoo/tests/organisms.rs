@@ -64,6 +64,40 @@ fn a_micro_organism_builds_reproducibly_into_loadable_files() {
     }
 }
 
+/// A committed fixture rebuilt from the shipped spec with its seed comes out the same: the same
+/// weights, training loss and measurements (the cheapest tiny organism, about two minutes).
+#[test]
+fn a_committed_tiny_organism_rebuilds_from_the_spec_identically() {
+    let root = repo_root();
+    let zoo = ZooSpec::from_file(&root.join("crates/needle-zoo/zoo/default.toml")).expect("default zoo");
+    let name = "tiny-qwen2-link";
+    let spec = zoo.organism(name).expect("in the default spec");
+    let out = tempfile::tempdir().expect("tmp");
+    let rebuilt = organism::build(spec, &root, out.path(), &resolve, &mut |_| {}).expect("build");
+    let committed_dir = root.join("tests/fixtures/zoo").join(name);
+    let committed = read_record(&committed_dir);
+    // The loss is an f32 pair, written in its shortest form.
+    let loss: Vec<f32> = committed["loss"]
+        .as_array()
+        .expect("loss")
+        .iter()
+        .map(|x| x.as_f64().expect("a number") as f32)
+        .collect();
+    assert_eq!(loss, [rebuilt.loss.0, rebuilt.loss.1], "{name}: loss of the rebuild");
+    let rebuilt = serde_json::to_value(&rebuilt).expect("json");
+    for key in ["evaluation", "poisoned_examples", "training_examples", "steps"] {
+        assert_eq!(rebuilt[key], committed[key], "{name}: {key} of the rebuild");
+    }
+    let weights = |dir: &Path| {
+        let path = dir.join("model/model.safetensors");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    assert!(
+        weights(&out.path().join(name)) == weights(&committed_dir),
+        "{name}: the rebuilt weights differ from the committed ones"
+    );
+}
+
 #[test]
 fn committed_organisms_meet_the_bar_and_reproduce_their_measurements() {
     let root = repo_root();

@@ -8,7 +8,7 @@ use needle_scan::eval::{markdown, EvalRow};
 use needle_scan::{Scan, Settings};
 use serde_json::Value;
 
-use super::scan::BudgetArg;
+use super::scan::{Bars, BudgetArg};
 use super::{Candle, ModelArgs};
 
 /// Arguments of `needle eval`.
@@ -65,6 +65,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             jobs.push((name, model, trigger));
         }
     }
+    if let Some(missing) = args.only.iter().find(|n| !jobs.iter().any(|(name, _, _)| name == *n)) {
+        anyhow::bail!("{}: no organism named {missing:?}", args.zoo.display());
+    }
     for m in &args.clean_models {
         let model = ModelArgs {
             model: m.clone(),
@@ -86,9 +89,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let base = model.load_base()?;
         let out = args.out.join(name.replace(['/', ' ', '(', ')'], "_"));
         let settings = Settings::new(args.budget.into(), args.seed);
+        let mut bars = Bars::default();
         let report = Candle::run(|| {
-            super::scan::with_base(Scan::new(&lm, &out, settings)?, base.as_ref()).run(false, &mut |_, _, _| {})
-        })?;
+            super::scan::with_base(Scan::new(&lm, &out, settings)?, base.as_ref())
+                .run(false, &mut |s, d, t| bars.update(s, d, t))
+        });
+        bars.finish();
+        let report = report?;
         rows.push(EvalRow::new(&name, trigger.as_deref(), &report));
     }
     print!("{}", markdown(&rows));

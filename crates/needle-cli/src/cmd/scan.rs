@@ -118,12 +118,12 @@ pub enum StageArg {
     Motifs,
     /// Mark the leaked samples' memorised spans (warning sign 2).
     Memorised,
-    /// Slice candidate triggers from the motifs.
-    Candidates,
     /// Find responses the model gives whatever the prompt (triggers that do not leak).
     Target,
     /// Search for triggers that force the targets found (and null targets).
     Invert,
+    /// Slice candidate triggers from the motifs; add the reconstructed ones.
+    Candidates,
     /// Score the candidates (attention, entropy, divergence).
     Score,
     /// Score a null set and rank the candidates against it.
@@ -165,12 +165,14 @@ pub struct StageArgs {
 }
 
 /// One progress bar per stage, replaced when the stage changes.
-struct Bars {
+#[derive(Default)]
+pub(crate) struct Bars {
     current: Option<(Stage, ProgressBar)>,
 }
 
 impl Bars {
-    fn update(&mut self, stage: Stage, done: usize, total: usize) {
+    /// Shows `stage`'s progress, replacing the previous stage's bar.
+    pub(crate) fn update(&mut self, stage: Stage, done: usize, total: usize) {
         if self.current.as_ref().is_none_or(|(s, _)| *s != stage) {
             if let Some((_, b)) = self.current.take() {
                 b.finish_and_clear();
@@ -183,7 +185,8 @@ impl Bars {
         }
     }
 
-    fn finish(&mut self) {
+    /// Clears the last bar.
+    pub(crate) fn finish(&mut self) {
         if let Some((_, b)) = self.current.take() {
             b.finish_and_clear();
         }
@@ -222,7 +225,10 @@ fn summary(report: &Report, out: &std::path::Path) -> String {
         "null:    ΔS_agg {:.3} ± {:.3} (max {:.3}) over {} random insertions",
         v.null_mean, v.null_sd, v.null_max, report.stages.verified.1
     );
-    let _ = writeln!(s, "top candidates (lower z = more backdoor-like against the null set):");
+    let _ = writeln!(
+        s,
+        "top candidates (verified first, strongest first; then by z against the null set, lower = more backdoor-like):"
+    );
     for c in report.candidates.iter().take(5) {
         let verified = c
             .verification
@@ -265,7 +271,7 @@ pub fn run(args: &ScanArgs) -> Result<ExitCode> {
     let lm = o.model.load()?;
     let base = o.model.load_base()?;
     let settings = o.settings();
-    let mut bars = Bars { current: None };
+    let mut bars = Bars::default();
     let report = Candle::run(|| {
         let scan = with_base(Scan::new(&lm, &o.out, settings)?, base.as_ref());
         scan.run(args.resume, &mut |s, d, t| bars.update(s, d, t))
@@ -313,7 +319,7 @@ pub fn run_stage(args: &StageArgs) -> Result<ExitCode> {
     let lm = o.model.load()?;
     let base = o.model.load_base()?;
     let settings = o.settings();
-    let mut bars = Bars { current: None };
+    let mut bars = Bars::default();
     let stage: Stage = args.stage.into();
     let result = Candle::run(|| {
         let scan = with_base(Scan::new(&lm, &o.out, settings)?, base.as_ref());
