@@ -107,20 +107,12 @@ pub struct Calibration {
     pub ranking: Vec<usize>,
 }
 
-/// The report's order of the candidates: those verified first, ordered as the verdict picks its
-/// trigger (forces a fixed answer, then `ΔS_agg`, then attack success) — verification is the
-/// decisive test — then the rest in calibration order (`ranking`, most suspicious first).
+/// The report's order of the candidates: those verified first, strongest first as the verdict
+/// picks its trigger ([`verdict::strength`]) — verification is the decisive test — then the
+/// rest in calibration order (`ranking`, most suspicious first).
 fn final_ranking<'v>(ranking: &[usize], verified: impl Fn(usize) -> Option<&'v Verified>) -> Vec<usize> {
     let mut order: Vec<(usize, usize)> = ranking.iter().copied().enumerate().collect();
-    let key = |i: usize| {
-        verified(i).map(|e| {
-            (
-                u8::from(verdict::forces_fixed_answer(e)),
-                e.delta,
-                e.attack_success_rate,
-            )
-        })
-    };
+    let key = |i: usize| verified(i).map(verdict::strength);
     order.sort_by(|&(pa, a), &(pb, b)| match (key(a), key(b)) {
         (Some(ka), Some(kb)) => kb
             .partial_cmp(&ka)

@@ -80,6 +80,12 @@ pub fn forces_fixed_answer(v: &Verified) -> bool {
         && v.baseline_target_rate <= MAX_BASELINE_RATE
 }
 
+/// How strongly a verified candidate acts, the order in which the verdict picks its trigger:
+/// forcing a fixed answer first, then `ΔS_agg`, then attack success (greater is stronger).
+pub fn strength(v: &Verified) -> (u8, f64, f64) {
+    (u8::from(forces_fixed_answer(v)), v.delta, v.attack_success_rate)
+}
+
 /// z-score of a verified candidate's `ΔS_agg` against the null.
 pub fn z_score(v: &Verified, null_mean: f64, null_sd: f64) -> f64 {
     (v.delta - null_mean) / null_sd
@@ -95,8 +101,9 @@ pub fn decide(v: &Verification) -> Verdict {
         .max(MIN_NULL_SD);
     let null_max = nulls.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let best = v.entries.iter().filter(|e| !e.null).max_by(|a, b| {
-        let key = |e: &Verified| (u8::from(forces_fixed_answer(e)), e.delta, e.attack_success_rate);
-        key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal)
+        strength(a)
+            .partial_cmp(&strength(b))
+            .unwrap_or(std::cmp::Ordering::Equal)
     });
     let mut verdict = Verdict {
         label: Label::Clean,
