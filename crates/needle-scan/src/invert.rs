@@ -24,8 +24,8 @@ pub struct InvertSettings {
     /// Benign prompts the trigger must work on (kept apart from the verification prompts).
     pub prompts: Vec<String>,
     /// Further prompts a trigger forcing the target on every search prompt must also force it
-    /// on before the search stops early (a check that it generalises, not just fits); from then
-    /// on the search fits them too.
+    /// on before the search stops early (a check that it generalises, not just fits); from the
+    /// first trigger that forces the target on the search prompts, the search fits them too.
     pub check_prompts: Vec<String>,
     /// Trigger length in tokens.
     pub trigger_tokens: usize,
@@ -355,9 +355,10 @@ fn forces_as_text(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u
     Ok(true)
 }
 
-/// Searches for a trigger that makes `target` likely after every prompt, stopping early once
-/// the target is the greedy answer on all of them and on the check prompts (after searching
-/// as long again, and at least half the budget).
+/// Searches for a trigger that makes `target` likely after every prompt (the search prompts,
+/// and the check prompts too once a trigger forces the target on the search prompts), stopping
+/// early once the target is the greedy answer on all of them (after searching as long again,
+/// and at least half the budget).
 fn search(
     lm: &LoadedModel,
     sets: &PromptSets,
@@ -392,18 +393,22 @@ fn search(
             // Each trigger is checked once (a check passing late, when twice its iterations
             // reach the budget, leaves the limit unchanged).
             checked = Some(best_x.clone());
-            if forces_as_text(lm, &sets.texts, &best_x, target)? {
+            let generalises = forces_as_text(lm, &sets.texts, &best_x, target)?;
+            if generalises {
                 limit = (2 * iterations).max(s.iterations / 2).min(s.iterations);
-                if !widened {
-                    // From here the search fits the check prompts too: the more prompts a
-                    // trigger fits, the more unseen ones it fires on. The best trigger is
-                    // re-measured on all of them.
-                    widened = true;
-                    parts = &sets.all;
-                    prepared = prepare(lm, parts, x.len(), target.len())?;
-                    x = best_x.clone();
-                    best = fits(lm, &prepared, &[x.clone()], target)?[0];
-                }
+            }
+            if !widened {
+                // From the first trigger that forces the target on the search prompts, the
+                // search fits the check prompts too, whether or not that trigger already works
+                // on them: the more prompts a trigger fits, the more unseen ones it fires on.
+                // The best trigger is re-measured on all of them.
+                widened = true;
+                parts = &sets.all;
+                prepared = prepare(lm, parts, x.len(), target.len())?;
+                x = best_x.clone();
+                best = fits(lm, &prepared, &[x.clone()], target)?[0];
+            }
+            if generalises {
                 continue;
             }
         }

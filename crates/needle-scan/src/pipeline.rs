@@ -110,9 +110,13 @@ pub struct Calibration {
 /// The report's order of the candidates: those verified first, strongest first as the verdict
 /// picks its trigger ([`verdict::strength`]) — verification is the decisive test — then the
 /// rest in calibration order (`ranking`, most suspicious first).
-fn final_ranking<'v>(ranking: &[usize], verified: impl Fn(usize) -> Option<&'v Verified>) -> Vec<usize> {
+fn final_ranking<'v>(
+    ranking: &[usize],
+    v: &Verification,
+    verified: impl Fn(usize) -> Option<&'v Verified>,
+) -> Vec<usize> {
     let mut order: Vec<(usize, usize)> = ranking.iter().copied().enumerate().collect();
-    let key = |i: usize| verified(i).map(verdict::strength);
+    let key = |i: usize| verified(i).map(|e| verdict::strength(v, e));
     order.sort_by(|&(pa, a), &(pb, b)| match (key(a), key(b)) {
         (Some(ka), Some(kb)) => kb
             .partial_cmp(&ka)
@@ -429,7 +433,8 @@ impl<'a> Scan<'a> {
                 });
                 let mut nulls: Vec<Trigger> = order.into_iter().take(s.verify.nulls).map(|(_, t)| t.clone()).collect();
                 nulls.extend(inv.inversions.iter().filter(|x| x.null).map(|x| x.trigger.clone()));
-                let v = verify::run(lm, &real, &nulls, &s.verify, &mut tick)?;
+                let searched: Vec<Trigger> = inv.inversions.iter().map(|x| x.trigger.clone()).collect();
+                let v = verify::run(lm, &real, &nulls, &searched, &s.verify, &mut tick)?;
                 self.save(stage, &v, start.elapsed().as_secs_f64())
             }
             Stage::Evidence => {
@@ -476,7 +481,7 @@ impl<'a> Scan<'a> {
         }
         let verdict = verdict::decide(&v);
         let verified = |i: usize| v.entries.iter().find(|e| !e.null && e.trigger == c[i].trigger);
-        let candidates = final_ranking(&cal.ranking, verified)
+        let candidates = final_ranking(&cal.ranking, &v, verified)
             .into_iter()
             .enumerate()
             .map(|(rank, i)| RankedCandidate {
@@ -490,7 +495,7 @@ impl<'a> Scan<'a> {
                 verification: verified(i).map(|e| CandidateVerification {
                     s_agg: e.uniformity.aggregate,
                     delta: e.delta,
-                    z: verdict::z_score(e, verdict.null_mean, verdict.null_sd),
+                    z: verdict::z_score(&v, e),
                     target: e.target.clone(),
                     attack_success_rate: e.attack_success_rate,
                 }),
@@ -570,17 +575,17 @@ impl<'a> Scan<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verdict::tests::entry;
+    use crate::verdict::tests::{entry, verification};
 
     #[test]
     fn verified_candidates_rank_first_in_the_verdicts_order() {
         // Calibration ranks 0, 1, 2, 3; 3 and 1 were verified, and 3 forces a fixed answer.
-        let entries = [entry("one", false, 0.2, 0.0), entry("three", false, 0.1, 0.9)];
+        let v = verification(vec![entry("one", false, 0.2, 0.0), entry("three", false, 0.1, 0.9)]);
         let names = ["zero", "one", "two", "three"];
-        let verified = |i: usize| entries.iter().find(|e| e.trigger.text == names[i]);
-        assert_eq!(final_ranking(&[0, 1, 2, 3], verified), vec![3, 1, 0, 2]);
+        let verified = |i: usize| v.entries.iter().find(|e| e.trigger.text == names[i]);
+        assert_eq!(final_ranking(&[0, 1, 2, 3], &v, verified), vec![3, 1, 0, 2]);
         assert_eq!(
-            final_ranking(&[2, 0], verified),
+            final_ranking(&[2, 0], &v, verified),
             vec![2, 0],
             "unverified keep their order"
         );

