@@ -196,18 +196,19 @@ fn candidates_section(h: &mut String, report: &Report) {
     if !inverted.is_empty() {
         h.push_str(
             "<h3>Reconstructed for the targets found</h3><table><tr><th>target</th><th>trigger</th>\
-             <th>loss (nats/token)</th><th>iterations</th></tr>",
+             <th>loss (nats/token)</th><th>iterations</th><th>forced on (search prompts)</th></tr>",
         );
         for x in inverted {
             let _ = write!(
                 h,
-                "<tr><td><code>{}</code></td><td><code>{}</code> ({})</td><td class=\"num\">{:.2} → {:.2}</td><td class=\"num\">{}</td></tr>",
+                "<tr><td><code>{}</code></td><td><code>{}</code> ({})</td><td class=\"num\">{:.2} → {:.2}</td><td class=\"num\">{}</td><td class=\"num\">{:.0}%</td></tr>",
                 esc(&x.target),
                 esc(&x.trigger.text),
                 format!("{:?}", x.trigger.position).to_lowercase(),
                 x.loss.0,
                 x.loss.1,
-                x.iterations
+                x.iterations,
+                x.forced * 100.0
             );
         }
         h.push_str("</table>");
@@ -692,7 +693,7 @@ fn memorised_section(h: &mut String, m: &Memorised) {
         for s in &m.spans {
             let _ = write!(
                 h,
-                "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{:.0}%</td></tr>",
                 esc(&s.text),
                 s.support,
                 s.tokens,

