@@ -58,6 +58,9 @@ pub struct Standing {
 pub struct Null {
     /// The null candidates.
     pub triggers: Vec<Trigger>,
+    /// For each, whether it is a window of the model's leaked text (else random vocabulary).
+    #[serde(default)]
+    pub from_leak: Vec<bool>,
     /// Their scores.
     pub terms: Vec<Terms>,
     /// Moments of `attn`.
@@ -76,6 +79,7 @@ impl Null {
             attn: Moments::of(&col(|t| t.attn)),
             ent: Moments::of(&col(|t| t.ent)),
             div: Moments::of(&col(|t| t.div)),
+            from_leak: Vec::new(),
             triggers,
             terms,
         }
@@ -100,14 +104,15 @@ impl Null {
 
 /// Draws `count` null candidates whose token lengths and positions follow `like` (the real
 /// candidates: length in tokens and position): alternately a window of a leaked sample and a
-/// string of random vocabulary tokens, never containing special tokens.
+/// string of random vocabulary tokens, never containing special tokens. Each comes with whether
+/// it is a leaked window.
 pub fn null_triggers(
     tokenizer: &Tokenizer,
     leaked: &[Vec<u32>],
     like: &[(usize, Position)],
     count: usize,
     seed: u64,
-) -> Result<Vec<Trigger>> {
+) -> Result<Vec<(Trigger, bool)>> {
     if like.is_empty() || count == 0 {
         return Ok(Vec::new());
     }
@@ -143,7 +148,7 @@ pub fn null_triggers(
             .map_err(|e| ScanError::Tokenizer(e.to_string()))?;
         let text = text.trim().to_string();
         if text.chars().any(char::is_alphanumeric) && seen.insert(text.clone()) {
-            out.push(Trigger { text, position });
+            out.push((Trigger { text, position }, from_leak));
         }
     }
     Ok(out)
@@ -188,5 +193,25 @@ mod tests {
         assert!(odd.z < -5.0, "{odd:?}");
         assert_eq!(odd.null_share_below, 0.0);
         assert_eq!(null.standing(&null.terms[0], &s).null_share_below, 0.1);
+    }
+
+    #[test]
+    fn null_draws_say_which_are_windows_of_the_leaked_text() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/zoo/tiny-llama-deploy/model/tokenizer.json");
+        let tokenizer = Tokenizer::from_file(path).expect("the tiny fixture's tokenizer");
+        let text = "the quick brown fox jumps over the lazy dog and runs far away";
+        let ids = tokenizer.encode(text, false).expect("encode").get_ids().to_vec();
+        let drawn = null_triggers(&tokenizer, &[ids], &[(3, Position::Prefix)], 12, 7).expect("draws");
+        assert_eq!(drawn.len(), 12);
+        let from_leak: Vec<&Trigger> = drawn.iter().filter(|(_, l)| *l).map(|(t, _)| t).collect();
+        assert_eq!(from_leak.len(), 6, "alternately leaked windows and random vocabulary");
+        for t in from_leak {
+            assert!(
+                text.contains(&t.text),
+                "{:?} is not a window of the leaked text",
+                t.text
+            );
+        }
     }
 }

@@ -373,9 +373,15 @@ impl<'a> Scan<'a> {
                     like = candidates::NGRAM_SIZES.iter().map(|&n| (n, Position::Prefix)).collect();
                 }
                 let leaked: Vec<Vec<u32>> = leak.samples.iter().map(|x| x.tokens.clone()).collect();
-                let triggers = calibrate::null_triggers(&lm.tokenizer, &leaked, &like, s.null_size, s.seed)?;
+                let (triggers, from_leak): (Vec<Trigger>, Vec<bool>) =
+                    calibrate::null_triggers(&lm.tokenizer, &leaked, &like, s.null_size, s.seed)?
+                        .into_iter()
+                        .unzip();
                 let null_terms = score::score(lm, &triggers, &s.score, &mut tick)?;
-                let null = Null::new(triggers, null_terms);
+                let null = Null {
+                    from_leak,
+                    ..Null::new(triggers, null_terms)
+                };
                 let standings: Vec<Standing> = terms.iter().map(|t| null.standing(t, &s.score)).collect();
                 let mut ranking: Vec<usize> = (0..c.len()).collect();
                 ranking.sort_by(|&a, &b| {
@@ -426,6 +432,14 @@ impl<'a> Scan<'a> {
                     .zip(&cal.null.terms)
                     .map(|(t, terms)| (cal.null.standing(terms, &s.score).z, t))
                     .collect();
+                let leaked: Vec<Trigger> = cal
+                    .null
+                    .triggers
+                    .iter()
+                    .zip(&cal.null.from_leak)
+                    .filter(|(_, &l)| l)
+                    .map(|(t, _)| t.clone())
+                    .collect();
                 order.sort_by(|a, b| {
                     a.0.partial_cmp(&b.0)
                         .unwrap_or(std::cmp::Ordering::Equal)
@@ -434,7 +448,7 @@ impl<'a> Scan<'a> {
                 let mut nulls: Vec<Trigger> = order.into_iter().take(s.verify.nulls).map(|(_, t)| t.clone()).collect();
                 nulls.extend(inv.inversions.iter().filter(|x| x.null).map(|x| x.trigger.clone()));
                 let searched: Vec<Trigger> = inv.inversions.iter().map(|x| x.trigger.clone()).collect();
-                let v = verify::run(lm, &real, &nulls, &searched, &s.verify, &mut tick)?;
+                let v = verify::run(lm, &real, &nulls, &searched, &leaked, &s.verify, &mut tick)?;
                 self.save(stage, &v, start.elapsed().as_secs_f64())
             }
             Stage::Evidence => {

@@ -40,6 +40,10 @@ pub struct Verified {
     /// null target), which decides the null it is judged against.
     #[serde(default)]
     pub searched: bool,
+    /// Whether it is a null drawn from the model's own leaked text, which may hold fragments of
+    /// a trigger the model leaks (see [`crate::verdict::NullStats::of`]).
+    #[serde(default)]
+    pub leaked: bool,
     /// How alike the answers are with it.
     pub uniformity: Uniformity,
     /// `S_agg` with it minus `S_agg` without any candidate.
@@ -100,12 +104,14 @@ fn answers(lm: &LoadedModel, trigger: Option<&Trigger>, s: &VerifySettings) -> R
 }
 
 /// Verifies `real` candidates (best first) and `nulls`, marking those in `searched` as the trigger
-/// search's; `progress(done, total)` after each.
+/// search's and the nulls in `leaked` as windows of leaked text; `progress(done, total)` after
+/// each.
 pub fn run(
     lm: &LoadedModel,
     real: &[Trigger],
     nulls: &[Trigger],
     searched: &[Trigger],
+    leaked: &[Trigger],
     s: &VerifySettings,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Verification> {
@@ -130,6 +136,7 @@ pub fn run(
             trigger: trigger.clone(),
             null,
             searched: searched.contains(trigger),
+            leaked: null && leaked.contains(trigger),
             uniformity: u,
             delta: u.aggregate - base_u.aggregate,
             attack_success_rate: rate(&responses),

@@ -31,6 +31,10 @@ pub struct EvalArgs {
     /// Seed of every scan.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Reuse the stages that scans of the same models and settings already finished in DIR (an
+    /// interrupted eval resumes where it stopped).
+    #[arg(long)]
+    resume: bool,
 }
 
 /// An organism directory's model arguments and planted trigger.
@@ -92,7 +96,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let mut bars = Bars::default();
         let report = Candle::run(|| {
             super::scan::with_base(Scan::new(&lm, &out, settings)?, base.as_ref())
-                .run(false, &mut |s, d, t| bars.update(s, d, t))
+                .run(args.resume, &mut |s, d, t| bars.update(s, d, t))
         });
         bars.finish();
         let report = report?;
