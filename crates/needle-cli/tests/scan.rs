@@ -354,8 +354,31 @@ fn eval_scores_a_zoo_against_its_ground_truth() {
             && table.trim_end().ends_with("1/1."),
         "{table}"
     );
-    // Each scan's artifacts are kept, one directory per organism.
+    // Each scan's artifacts are kept, one directory per organism, and `--resume` reuses them.
     assert!(dir.path().join("tiny-llama-deploy/report.json").is_file());
+    let leak = dir.path().join("tiny-llama-deploy/leak.json");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).expect("mtime");
+    let before = modified(&leak);
+    let o = needle(&[
+        "eval".as_ref(),
+        fixtures.as_os_str(),
+        "--only".as_ref(),
+        "tiny-llama-deploy".as_ref(),
+        "--only".as_ref(),
+        "tiny-qwen2-clean".as_ref(),
+        "--budget".as_ref(),
+        "quick".as_ref(),
+        "--out".as_ref(),
+        dir.path().as_os_str(),
+        "--resume".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        table,
+        "the same table from the same scans"
+    );
+    assert_eq!(modified(&leak), before, "a finished stage is not run again");
     // A directory without organisms, or an organism it does not have, is a one-line error.
     let o = needle(&["eval".as_ref(), dir.path().join("tiny-llama-deploy").as_os_str()]);
     assert_eq!(o.status.code(), Some(2));
