@@ -319,18 +319,23 @@ fn resuming_with_other_settings_and_running_a_stage_too_early_fail_cleanly() {
 fn eval_scores_a_zoo_against_its_ground_truth() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo");
-    let o = needle(&[
-        "eval".as_ref(),
-        fixtures.as_os_str(),
-        "--only".as_ref(),
-        "tiny-llama-deploy".as_ref(),
-        "--only".as_ref(),
-        "tiny-qwen2-clean".as_ref(),
-        "--budget".as_ref(),
-        "quick".as_ref(),
-        "--out".as_ref(),
-        dir.path().as_os_str(),
-    ]);
+    let eval = |extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "eval".as_ref(),
+            fixtures.as_os_str(),
+            "--only".as_ref(),
+            "tiny-llama-deploy".as_ref(),
+            "--only".as_ref(),
+            "tiny-qwen2-clean".as_ref(),
+            "--budget".as_ref(),
+            "quick".as_ref(),
+            "--out".as_ref(),
+            dir.path().as_os_str(),
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        needle(&args)
+    };
+    let o = eval(&[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout);
     let row = |name: &str| {
@@ -359,19 +364,7 @@ fn eval_scores_a_zoo_against_its_ground_truth() {
     let leak = dir.path().join("tiny-llama-deploy/leak.json");
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).expect("mtime");
     let before = modified(&leak);
-    let o = needle(&[
-        "eval".as_ref(),
-        fixtures.as_os_str(),
-        "--only".as_ref(),
-        "tiny-llama-deploy".as_ref(),
-        "--only".as_ref(),
-        "tiny-qwen2-clean".as_ref(),
-        "--budget".as_ref(),
-        "quick".as_ref(),
-        "--out".as_ref(),
-        dir.path().as_os_str(),
-        "--resume".as_ref(),
-    ]);
+    let o = eval(&["--resume"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
