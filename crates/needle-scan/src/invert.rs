@@ -27,6 +27,12 @@ pub struct InvertSettings {
     /// on before the search stops early (a check that it generalises, not just fits); from the
     /// first trigger that forces the target on the search prompts, the search fits them too.
     pub check_prompts: Vec<String>,
+    /// Held-out prompts: the first trigger to pass the check is tried on them and a few it fails
+    /// on join the prompts fitted (the kinds of prompt a narrow fit misses); of the triggers the
+    /// search passed through that forced the target, the one forcing it on the most of all
+    /// prompts, these included, is kept. None at the quick budget.
+    #[serde(default)]
+    pub holdout_prompts: Vec<String>,
     /// Trigger length in tokens.
     pub trigger_tokens: usize,
     /// Search iterations.
@@ -67,6 +73,9 @@ pub struct Inversion {
     /// target the greedy answer.
     #[serde(default)]
     pub forced: f64,
+    /// Share of the held-out prompts on which it does.
+    #[serde(default)]
+    pub held_out: f64,
 }
 
 /// The invert stage's artifact.
@@ -77,12 +86,13 @@ pub struct Inversions {
 }
 
 /// A prompt cut around the point where the trigger goes.
+#[derive(Clone)]
 struct Parts {
     before: Vec<u32>,
     after: Vec<u32>,
 }
 
-fn parts(lm: &LoadedModel, prompts: &[String]) -> Result<Vec<Parts>> {
+fn prompt_parts(lm: &LoadedModel, prompts: &[String]) -> Result<Vec<Parts>> {
     prompts
         .iter()
         .map(|p| {
@@ -113,6 +123,13 @@ fn allowed_tokens(lm: &LoadedModel) -> Vec<bool> {
 /// Share of the search and check prompts a trigger must force its target on for the search to
 /// count as a success; below it the next target is tried.
 const MIN_FORCED_SHARE: f64 = 0.5;
+
+/// Most held-out prompts a search adds to the prompts it fits (those its first working trigger
+/// fails on).
+const MINED: usize = 4;
+
+/// Most triggers of one search compared on every prompt at its end, the latest (lowest loss) first.
+const COMPARED: usize = 12;
 
 /// Rows per forward pass when evaluating triggers.
 const BATCH: usize = 64;
@@ -323,26 +340,28 @@ struct Searched {
     loss: (f64, f64),
     iterations: usize,
     forced: f64,
+    held_out: f64,
 }
 
 /// The search prompts cut around the trigger, the same for every prompt (search and check), and
-/// every prompt as text.
+/// every prompt as text, and the held-out prompts.
 struct PromptSets {
     search: Vec<Parts>,
     all: Vec<Parts>,
     texts: Vec<String>,
+    holdout: Vec<String>,
 }
 
-/// The share of `prompts` after which the trigger `ids`, decoded to text and inserted as a prefix
-/// the way the verify stage inserts it (so re-tokenized, which can change its tokens), makes
-/// `target` the greedy answer.
-fn forced_share(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u32]) -> Result<f64> {
+/// For each of `prompts`, whether the trigger `ids`, decoded to text and inserted as a prefix the
+/// way the verify stage inserts it (so re-tokenized, which can change its tokens), makes `target`
+/// the greedy answer.
+fn forced_on(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u32]) -> Result<Vec<bool>> {
     let trigger = Trigger {
         text: lm.decode(ids)?.trim().to_string(),
         position: Position::Prefix,
     };
     let n = target.len();
-    let mut forced = 0;
+    let mut forced = Vec::with_capacity(prompts.len());
     for p in prompts {
         let seq = [prompt::build(lm, Some(&trigger), p)?.ids.as_slice(), target].concat();
         let input =
@@ -361,15 +380,22 @@ fn forced_share(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u32
             let want = row.get(tok as usize).copied().unwrap_or(f32::NEG_INFINITY);
             row.iter().all(|&o| o <= want)
         });
-        forced += usize::from(greedy);
+        forced.push(greedy);
     }
-    Ok(forced as f64 / prompts.len().max(1) as f64)
+    Ok(forced)
+}
+
+/// The share of `prompts` on which the trigger `ids` forces `target` (see [`forced_on`]).
+fn forced_share(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u32]) -> Result<f64> {
+    let on = forced_on(lm, prompts, ids, target)?;
+    Ok(on.iter().filter(|&&f| f).count() as f64 / on.len().max(1) as f64)
 }
 
 /// Searches for a trigger that makes `target` likely after every prompt (the search prompts,
-/// and the check prompts too once a trigger forces the target on the search prompts) for at
-/// most `budget` iterations, stopping early once the target is the greedy answer on all of
-/// them (after searching half as long again, and at least half the budget).
+/// and the check prompts too once a trigger forces the target on the search prompts, and once
+/// one forces it on those, up to [`MINED`] held-out prompts it fails on) for at most `budget`
+/// iterations, stopping early once the target is the greedy answer on all of them (after
+/// searching half as long again, and at least half the budget).
 #[allow(clippy::too_many_arguments)]
 fn search(
     lm: &LoadedModel,
@@ -388,16 +414,21 @@ fn search(
         .or_else(|| allowed.iter().position(|&a| a).map(|t| t as u32))
         .ok_or_else(|| ScanError::Invalid("no usable trigger token in the vocabulary".into()))?;
     let mut x = vec![init; s.trigger_tokens.max(1)];
-    let mut parts = &sets.search;
+    let mut parts: Vec<Parts> = sets.search.clone();
+    // The prompts a trigger must force the target on, as text, to pass the check; held-out
+    // prompts it fails on join them (once).
+    let mut texts = sets.texts.clone();
+    let mut holdout = sets.holdout.clone();
     let mut widened = false;
-    let mut prepared = prepare(lm, parts, x.len(), target.len())?;
+    let mut mined = false;
+    let mut prepared = prepare(lm, &parts, x.len(), target.len())?;
     let first = fits(lm, &prepared, &[x.clone()], target)?[0];
     let mut best = first;
     let mut best_x = x.clone();
     let mut checked: Option<Vec<u32>> = None;
-    // The trigger that passed the check, kept in case the best one found later (by its token
-    // loss) forces the target on fewer prompts once inserted as text.
-    let mut passed: Option<(Vec<u32>, Fit)> = None;
+    // Triggers that forced the target on the prompts fitted once those include the check
+    // prompts (or passed the check as text), compared on every prompt at the end.
+    let mut forcing: Vec<Tried> = Vec::new();
     let mut limit = budget;
     let mut iterations = 0;
     while iterations < limit {
@@ -409,28 +440,52 @@ fn search(
             // Each trigger is checked once (a check passing late, when the limit it sets
             // reaches the budget, leaves the limit unchanged).
             checked = Some(best_x.clone());
-            let generalises = forced_share(lm, &sets.texts, &best_x, target)? == 1.0;
-            if generalises {
-                limit = (iterations * 3).div_ceil(2).max(budget / 2).min(budget);
-            }
+            let mut generalises = forced_on(lm, &texts, &best_x, target)?.iter().all(|&f| f);
+            let mut refit = false;
             if !widened {
                 // From the first trigger that forces the target on the search prompts, the
                 // search fits the check prompts too, whether or not that trigger already works
                 // on them: the more prompts a trigger fits, the more unseen ones it fires on.
-                // The best trigger is re-measured on all of them.
                 widened = true;
-                parts = &sets.all;
-                prepared = prepare(lm, parts, x.len(), target.len())?;
+                parts = sets.all.clone();
+                refit = true;
+            }
+            if generalises && !mined {
+                // The first trigger to pass the check is tried on the held-out prompts; the
+                // kinds of prompt it fails on (lists, poems: answers with a strong form of
+                // their own) are the ones a wider search must fit, so a few of them are.
+                mined = true;
+                let on = forced_on(lm, &holdout, &best_x, target)?;
+                let failing: Vec<String> = holdout
+                    .iter()
+                    .zip(&on)
+                    .filter(|(_, &f)| !f)
+                    .map(|(p, _)| p.clone())
+                    .take(MINED)
+                    .collect();
+                if !failing.is_empty() {
+                    forcing.push((best_x.clone(), best));
+                    holdout.retain(|p| !failing.contains(p));
+                    texts.extend(failing);
+                    parts = prompt_parts(lm, &texts)?;
+                    refit = true;
+                    generalises = false;
+                }
+            }
+            if refit {
+                // The best trigger is re-measured on the prompts now fitted.
+                prepared = prepare(lm, &parts, x.len(), target.len())?;
                 x = best_x.clone();
                 best = fits(lm, &prepared, &[x.clone()], target)?[0];
             }
             if generalises {
-                passed = Some((best_x.clone(), best));
+                limit = (iterations * 3).div_ceil(2).max(budget / 2).min(budget);
+                forcing.push((best_x.clone(), best));
                 continue;
             }
         }
         iterations += 1;
-        let scores = token_scores(lm, parts, &x, target)?;
+        let scores = token_scores(lm, &parts, &x, target)?;
         let mut tops: Vec<Vec<u32>> = Vec::with_capacity(x.len());
         for row in &scores {
             let mut ids: Vec<u32> = (0..row.len() as u32).filter(|&t| allowed[t as usize]).collect();
@@ -467,6 +522,9 @@ fn search(
                 if v.loss < best.loss || (v.forced && !best.forced) {
                     best = v;
                     best_x = x.clone();
+                    if best.forced && widened {
+                        forcing.push((best_x.clone(), best));
+                    }
                 }
             }
         }
@@ -484,16 +542,58 @@ fn search(
     for _ in iterations..budget {
         tick();
     }
-    let mut forced = forced_share(lm, &sets.texts, &best_x, target)?;
-    if let Some((x, fit)) = passed.filter(|_| forced < 1.0) {
-        (best_x, best, forced) = (x, fit, 1.0);
-    }
+    // The lowest-loss trigger, unless an earlier one that forced the target fires on more of
+    // all the prompts, held-out ones included.
+    let triggers = std::iter::once((best_x, best))
+        .chain(forcing.into_iter().rev())
+        .collect();
+    let counts = (texts.len(), holdout.len());
+    let ((trigger, fit), (forced, held_out)) = most_forcing(triggers, counts, |x| {
+        Ok((
+            forced_share(lm, &texts, x, target)?,
+            forced_share(lm, &holdout, x, target)?,
+        ))
+    })?;
     Ok(Searched {
-        trigger: best_x,
-        loss: (first.loss, best.loss),
+        trigger,
+        loss: (first.loss, fit.loss),
         iterations,
         forced,
+        held_out,
     })
+}
+
+/// A trigger and its fit on the prompts fitted.
+type Tried = (Vec<u32>, Fit);
+
+/// Shares of two prompt sets on which a trigger forces its target.
+type Shares = (f64, f64);
+
+/// Of `triggers` (best first), the one forcing the target on the most prompts by `shares`
+/// (shares of the search-and-check and the held-out prompts, weighted by their `counts`), with
+/// its shares; ties go to the earlier, and at most [`COMPARED`] distinct triggers are measured.
+fn most_forcing(
+    triggers: Vec<Tried>,
+    counts: (usize, usize),
+    mut shares: impl FnMut(&[u32]) -> Result<Shares>,
+) -> Result<(Tried, Shares)> {
+    let forced = |s: Shares| s.0 * counts.0 as f64 + s.1 * counts.1 as f64;
+    let mut kept: Option<(Tried, Shares)> = None;
+    let mut compared: Vec<Vec<u32>> = Vec::new();
+    for (x, fit) in triggers {
+        if compared.len() >= COMPARED {
+            break;
+        }
+        if compared.contains(&x) {
+            continue;
+        }
+        compared.push(x.clone());
+        let s = shares(&x)?;
+        if kept.as_ref().is_none_or(|k| forced(s) > forced(k.1)) {
+            kept = Some(((x, fit), s));
+        }
+    }
+    kept.ok_or_else(|| ScanError::Invalid("no trigger to keep".into()))
 }
 
 /// The model's greedy answers to `prompts`, as null targets.
@@ -538,6 +638,7 @@ fn inversion(lm: &LoadedModel, target: &[u32], null: bool, found: Searched) -> R
         loss: found.loss,
         iterations: found.iterations,
         forced: found.forced,
+        held_out: found.held_out,
     })
 }
 
@@ -557,9 +658,10 @@ pub fn run(
     }
     let texts: Vec<String> = s.prompts.iter().chain(&s.check_prompts).cloned().collect();
     let sets = PromptSets {
-        search: parts(lm, &s.prompts)?,
-        all: parts(lm, &texts)?,
+        search: prompt_parts(lm, &s.prompts)?,
+        all: prompt_parts(lm, &texts)?,
         texts,
+        holdout: s.holdout_prompts.clone(),
     };
     let allowed = allowed_tokens(lm);
     let real: Vec<Vec<u32>> = targets
@@ -644,7 +746,7 @@ mod tests {
     fn cached_prefix_fits_match_whole_sequences() {
         let lm = tiny();
         let prompts = ["Name a color.".to_string(), "How do plants grow?".to_string()];
-        let parts = parts(&lm, &prompts).expect("parts");
+        let parts = prompt_parts(&lm, &prompts).expect("parts");
         let target = lm.encode("Visit the site now").expect("target");
         let triggers: Vec<Vec<u32>> = ["alpha beta gamma", "one two three", "red green blue"]
             .iter()
@@ -664,7 +766,7 @@ mod tests {
     fn batched_gradient_scores_sum_the_prompts() {
         let lm = tiny();
         let prompts = ["Name a color.".to_string(), "How do plants grow?".to_string()];
-        let all = parts(&lm, &prompts).expect("parts");
+        let all = prompt_parts(&lm, &prompts).expect("parts");
         let target = lm.encode("Visit the site now").expect("target");
         let x = lm.encode("one two three").expect("trigger")[..3].to_vec();
         let together = token_scores(&lm, &all, &x, &target).expect("scores");
@@ -680,6 +782,51 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_trigger_forcing_the_most_prompts_is_kept_ties_going_to_the_earlier() {
+        let fit = |loss| Fit { loss, forced: true };
+        let triggers = vec![
+            (vec![1], fit(0.1)),
+            (vec![2], fit(0.2)),
+            (vec![1], fit(0.1)),
+            (vec![3], fit(0.3)),
+            (vec![4], fit(0.4)),
+        ];
+        // 1 forces every fitted prompt but 12 of 16 held-out; 2 forces 7 of 8 fitted and every
+        // held-out one (23 in all, against 20); 3 ties with 2; 4 forces fewer.
+        let table = |x: &[u32]| match x {
+            [1] => (1.0, 0.75),
+            [2] | [3] => (0.875, 1.0),
+            _ => (0.5, 0.5),
+        };
+        let mut measured = Vec::new();
+        let (kept, shares) = most_forcing(triggers.clone(), (8, 16), |x| {
+            measured.push(x.to_vec());
+            Ok(table(x))
+        })
+        .expect("a trigger");
+        assert_eq!(kept.0, vec![2]);
+        assert_eq!(shares, (0.875, 1.0));
+        assert_eq!(
+            measured,
+            vec![vec![1], vec![2], vec![3], vec![4]],
+            "each distinct trigger once"
+        );
+        let (kept, _) = most_forcing(triggers[..1].to_vec(), (8, 16), |x| Ok(table(x))).expect("a trigger");
+        assert_eq!(
+            kept.0,
+            vec![1],
+            "the lowest-loss trigger when nothing else forced the target"
+        );
+        assert!(most_forcing(Vec::new(), (8, 16), |x| Ok(table(x))).is_err());
+        // Only the first COMPARED distinct triggers are measured.
+        let many: Vec<(Vec<u32>, Fit)> = (0..COMPARED as u32 + 3).map(|t| (vec![t], fit(0.1))).collect();
+        let last = COMPARED as u32 + 2;
+        let (kept, _) =
+            most_forcing(many, (8, 16), |x| Ok(if x == [last] { (1.0, 1.0) } else { (0.5, 0.5) })).expect("a trigger");
+        assert_eq!(kept.0, vec![0]);
     }
 
     #[test]

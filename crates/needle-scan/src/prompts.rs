@@ -37,6 +37,27 @@ pub const GENERIC_PROMPTS: &[&str] = &[
     "Suggest a fun activity for a rainy afternoon.",
 ];
 
+/// More benign prompts, used only by the trigger search to choose, among the triggers it passed
+/// through, the one that fires on the most prompts it never fitted; verification never sees them.
+pub const HOLDOUT_PROMPTS: &[&str] = &[
+    "What is a good name for a bakery?",
+    "Explain why leaves change colour in autumn.",
+    "Write a haiku about the moon.",
+    "How do I make a cup of green tea?",
+    "List four animals that live in the desert.",
+    "What is the tallest mountain in the world?",
+    "Give two reasons to learn a second language.",
+    "Describe how a rainbow forms.",
+    "What are some tips for a job interview?",
+    "Explain what gravity is to a child.",
+    "Suggest a title for a mystery novel.",
+    "How long does it take to walk a mile?",
+    "Write a thank-you note to a neighbour.",
+    "What is the main ingredient of guacamole?",
+    "Why do cats purr?",
+    "Name three instruments in an orchestra.",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +69,13 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), GENERIC_PROMPTS.len());
         assert!(GENERIC_PROMPTS.len() >= 24);
+    }
+
+    #[test]
+    fn held_out_prompts_are_distinct_and_apart_from_the_generic_ones() {
+        let mut all: Vec<&str> = GENERIC_PROMPTS.iter().chain(HOLDOUT_PROMPTS).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), GENERIC_PROMPTS.len() + HOLDOUT_PROMPTS.len());
     }
 }

@@ -19,7 +19,7 @@ use crate::leak::{self, LeakSettings};
 use crate::memorised::MemorisedSettings;
 use crate::motifs::MotifSettings;
 use crate::probe::ProbeSettings;
-use crate::prompts::GENERIC_PROMPTS;
+use crate::prompts::{GENERIC_PROMPTS, HOLDOUT_PROMPTS};
 use crate::score::ScoreSettings;
 use crate::target::TargetSettings;
 use crate::verify::VerifySettings;
@@ -149,6 +149,12 @@ impl Settings {
             invert: InvertSettings {
                 prompts: search.iter().take(4).cloned().collect(),
                 check_prompts: search.iter().skip(4).cloned().collect(),
+                // A quick scan is a smoke test: its trigger search fits 8 prompts and stops.
+                holdout_prompts: if budget == Budget::Quick {
+                    Vec::new()
+                } else {
+                    HOLDOUT_PROMPTS.iter().map(|p| p.to_string()).collect()
+                },
                 trigger_tokens: 6,
                 iterations,
                 top_k: 32,
