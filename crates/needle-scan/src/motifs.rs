@@ -73,7 +73,7 @@ pub struct MotifSettings {
     pub min_samples: usize,
     /// A 6-gram in more than this share of all cleaned texts is common and cannot seed a motif.
     pub common_fraction: f64,
-    /// Least share of a cluster's members that must contain a motif (at least one member).
+    /// Least share of a cluster's members that must contain a motif (at least two members).
     pub min_support: f64,
     /// Shortest motif kept, in characters, after trimming.
     pub min_len: usize,
@@ -385,9 +385,11 @@ fn common_ngrams(docs: &[Doc], fraction: f64) -> Vec<&str> {
         .collect()
 }
 
-/// Smallest member count `k >= 1` with `k / members >= min_support` (tolerant to rounding).
+/// Smallest member count `k >= 2` with `k / members >= min_support` (tolerant to rounding).
+/// Never one: a motif recurs across outputs, and text found in a single output — a web page a
+/// base model leaked once, repeating itself — is that output, not a pattern of the model's.
 fn required_members(members: usize, min_support: f64) -> usize {
-    (min_support * members as f64 - 1e-9).ceil().max(1.0) as usize
+    (min_support * members as f64 - 1e-9).ceil().max(2.0) as usize
 }
 
 /// Intersection of two ascending lists.
@@ -669,6 +671,32 @@ mod tests {
     }
 
     #[test]
+    fn text_of_a_single_output_is_not_a_motif() {
+        // Three leaks, one a web page repeating its own heading: a third of the texts is the
+        // reference's support, but text found in one output only does not recur.
+        let page = "<h3><strong>The New Shining Light</strong></h3> * ".repeat(4);
+        let mut texts = strings(&SENTENCES[..2]);
+        texts.push(format!("< Back to Featured Books {page}"));
+        let settings = MotifSettings {
+            eps: 0.1,
+            ..MotifSettings::default()
+        };
+        let report = find_motifs(&texts, &[], &settings);
+        assert!(report.clusters.is_empty());
+        assert!(report.motifs.is_empty(), "{report:#?}");
+        // Once a second output holds the heading, it recurs.
+        texts.push(format!("Newest books: {page}"));
+        let report = find_motifs(&texts, &[], &settings);
+        assert!(
+            report
+                .motifs
+                .iter()
+                .any(|m| m.text.contains("Shining") && m.members == 2),
+            "{report:#?}"
+        );
+    }
+
+    #[test]
     fn report_is_sorted_capped_and_deterministic() {
         let settings = MotifSettings {
             max_motifs: 1,
@@ -775,8 +803,8 @@ mod tests {
     fn required_members_rounds_up() {
         assert_eq!(required_members(30, 0.33), 10);
         assert_eq!(required_members(10, 0.33), 4);
-        assert_eq!(required_members(3, 1.0 / 3.0), 1);
-        assert_eq!(required_members(5, 0.0), 1);
+        assert_eq!(required_members(3, 1.0 / 3.0), 2);
+        assert_eq!(required_members(5, 0.0), 2);
         assert_eq!(required_members(5, 1.5), 8);
     }
 
