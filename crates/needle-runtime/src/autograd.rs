@@ -5,10 +5,11 @@
 //! are looked up by Hugging Face name on every call, so they can be trainable variables or
 //! base weights with a low-rank delta added, and change between steps.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
+use candle_core::{Tensor, D};
 
 use crate::config::{Activation, Arch, LayerAttention, ModelConfig};
 use crate::error::Result;
+use crate::matmul;
 
 /// Supplies each weight by Hugging Face name and expected shape.
 pub trait WeightSource {
@@ -39,48 +40,21 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, gemma: bool) -> Result<Tensor> {
     Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(&w)?)
 }
 
-/// `x · Wᵀ` with gradients to `x` and `w`.
+/// `x · Wᵀ` with gradients to `x` and `w`, rounded the same on every CPU ([`crate::matmul`]).
 pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_matmul(&w.t()?)?)
+    Ok(matmul::linear_grad(x, w, true)?)
 }
 
 /// `x · Wᵀ` with gradients to `x` only. candle's matmul backward always computes the weight
 /// gradient too; for frozen weights (LoRA bases, the LM head, input searches) that product is a
 /// third of the work and thrown away.
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        return linear(x, &w.detach());
-    }
-    Ok(x.contiguous()?.apply_op1(FrozenLinear { w: w.detach() })?)
+    Ok(matmul::linear_grad(x, &w.detach(), false)?)
 }
 
-/// The custom op behind [`frozen_linear`]: forward is a plain matmul, backward only `dy · W`.
-struct FrozenLinear {
-    w: Tensor,
-}
-
-impl CustomOp1 for FrozenLinear {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("frozen-linear needs a contiguous input")
-        };
-        let x = Tensor::from_slice(
-            &storage.as_slice::<f32>()?[start..end],
-            layout.shape(),
-            &candle_core::Device::Cpu,
-        )?;
-        let y = x.broadcast_matmul(&self.w.t()?)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.broadcast_matmul(&self.w)?))
-    }
+/// `a · b` over the last two dimensions with gradients to both, rounded the same on every CPU.
+pub(crate) fn product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(matmul::product(a, b, true)?)
 }
 
 /// RoPE on `[b, heads, t, d]` with tables `[t, d / 2]`, in the rotate-half layout.
@@ -192,14 +166,14 @@ pub fn hidden(cfg: &ModelConfig, w: &dyn WeightSource, x: &Tensor) -> Result<Ten
         } else {
             (k, v)
         };
-        let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+        let mut scores = (product(&q, &k.t()?)? * scale)?;
         if let Some(cap) = cfg.attn_logit_softcapping {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
         let mask = if sliding { &mask_sliding } else { &mask_global };
         // Composed softmax: candle's fused `softmax_last_dim` has no gradient.
         let probs = candle_nn::ops::softmax(&scores.broadcast_add(mask)?, D::Minus1)?;
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nq * d))?;
+        let y = product(&probs, &v)?.transpose(1, 2)?.reshape((b, t, nq * d))?;
         let mut y = lin("self_attn.o_proj.weight", &[h, nq * d], &y)?;
         if gemma {
             y = rms_norm(&y, &get("post_attention_layernorm.weight", &[h])?, eps, gemma)?;

@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod hf;
 pub mod loader;
 pub mod lora;
+pub mod matmul;
 pub mod model;
 pub mod train;
 pub mod weights;

@@ -488,7 +488,7 @@ pub fn merge_adapter(weights: &mut Weights, config: &ModelConfig, adapter_dir: &
                 base.dims()
             )));
         }
-        let mut delta = b.matmul(&a)?;
+        let mut delta = crate::matmul::matmul(&b, &a)?;
         if transpose {
             delta = delta.t()?;
         }

@@ -27,19 +27,11 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let (last, lead) = dims
-            .split_last()
-            .ok_or_else(|| Error::Invalid("scalar input to a linear layer".into()))?;
-        let rows: usize = lead.iter().product();
-        let y = x.reshape((rows, *last))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
+        let y = crate::matmul::linear(x, &self.weight)?;
+        Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
-        };
-        let mut out = lead.to_vec();
-        out.push(self.weight.dim(0)?);
-        Ok(y.reshape(out)?)
+        })
     }
 
     fn out_features(&self) -> usize {
@@ -616,7 +608,7 @@ impl Model {
             .permute((0, 2, 3, 1, 4))?
             .contiguous()?
             .reshape((b, nkv, groups * t, d))?;
-        let mut scores = (q.matmul(&k_all.t()?)? * scale)?;
+        let mut scores = (crate::matmul::matmul(&q, &k_all.t()?)? * scale)?;
         if let Some(cap) = self.cfg.attn_logit_softcapping {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
@@ -630,7 +622,7 @@ impl Model {
                 .reshape((b, nkv, groups * t, keys))?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v_all)?;
+        let y = crate::matmul::matmul(&probs, &v_all)?;
         let y = y
             .reshape((b, nkv, groups, t, d))?
             .permute((0, 3, 1, 2, 4))?

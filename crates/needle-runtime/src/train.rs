@@ -107,7 +107,10 @@ impl WeightSource for View<'_> {
         }
         let w = t.base.get(name, shape)?;
         match t.lora.get(name) {
-            Some(p) => Ok((w + (p.b.as_tensor().matmul(p.a.as_tensor())? * t.lora_scale)?)?),
+            Some(p) => {
+                let delta = autograd::product(p.b.as_tensor(), p.a.as_tensor())?;
+                Ok((w + (delta * t.lora_scale)?)?)
+            }
             None => Ok(w),
         }
     }

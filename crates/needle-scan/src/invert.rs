@@ -329,7 +329,7 @@ fn token_scores(lm: &LoadedModel, parts: &[Parts], x: &[u32], target: &[u32]) ->
         .weights
         .get("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
     let table = e(table.to_dtype(DType::F32))?;
-    Ok(e(g.matmul(&e(table.t())?))?
+    Ok(e(needle_runtime::matmul::matmul(&g, &e(table.t())?))?
         .to_vec2::<f32>()
         .map_err(needle_runtime::Error::from)?)
 }

@@ -354,7 +354,9 @@ impl<'a> Scan<'a> {
             }
             Stage::Invert => {
                 let (t, _) = self.load::<Targets>(Stage::Target)?;
-                let ids: Vec<Vec<u32>> = t.targets.iter().map(|x| x.ids.clone()).collect();
+                // Only answers the prompts agreed on to their end are searched for a trigger: an
+                // opening they part from mid-answer is the model's ordinary way of starting.
+                let ids: Vec<Vec<u32>> = t.targets.iter().filter(|x| x.complete).map(|x| x.ids.clone()).collect();
                 let inv = invert::run(lm, &ids, &s.null_target_prompts, &s.invert, &mut tick)?;
                 self.save(stage, &inv, start.elapsed().as_secs_f64())
             }

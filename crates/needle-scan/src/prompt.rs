@@ -69,6 +69,41 @@ pub fn special_ids(tokenizer: &tokenizers::Tokenizer) -> std::collections::BTree
         .collect()
 }
 
+/// The role headers the chat template writes right after a turn marker (`user\n`,
+/// `assistant\n`, `model\n`): a model that writes one has left the answer for the chat format.
+/// Empty without a template, or where the roles are turn markers themselves.
+pub fn role_headers(lm: &LoadedModel) -> Vec<String> {
+    const USER: &str = "Zq7xNeedleUserKv3w";
+    const ASSISTANT: &str = "Zq7xNeedleAssistantKv3w";
+    let Some(template) = &lm.template else {
+        return Vec::new();
+    };
+    let messages = [Message::new("user", USER), Message::new("assistant", ASSISTANT)];
+    let Ok(text) = template.render(&messages, false) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for marker in lm.tokenizer.get_added_tokens_decoder().values() {
+        if !marker.special || marker.content.is_empty() {
+            continue;
+        }
+        for (at, _) in text.match_indices(marker.content.as_str()) {
+            let after = &text[at + marker.content.len()..];
+            let word: String = after.chars().take_while(|c| c.is_alphanumeric()).collect();
+            if !word.is_empty()
+                && after[word.len()..].starts_with('\n')
+                && !USER.contains(&word)
+                && !ASSISTANT.contains(&word)
+            {
+                out.push(format!("{word}\n"));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Whether a token's text could be part of a typed trigger: printable ASCII with a letter or
 /// digit (what trigger searches and random control strings draw from).
 pub fn is_word_token(text: &str) -> bool {

@@ -6,9 +6,12 @@
 //! token the prompts agree on (the highest mean probability over them). A real target chains:
 //! once started, it continues the same way whatever the prompt (the target-chaining test of
 //! method.md); ordinary openings diverge with the prompt. Where the prompts stop agreeing early
-//! — a code fence before the payload, a first word shared with ordinary answers — the few most
+//! — a code fence before the payload, a first word shared with ordinary answers — the most
 //! likely alternatives are each followed a few tokens ahead and the one the prompts then agree
 //! on best is forced, so a target is found past such a branch point.
+//!
+//! Targets are ranked complete first (the prompts agreed on them to an end of turn, as on a
+//! memorised answer, not parting mid-answer as ordinary openings do), then most deterministic.
 //!
 //! Seeds are screened first: every candidate is forced once and only those after which the
 //! prompts agree most on the next token are chained, so large vocabularies can be searched
@@ -80,6 +83,11 @@ pub struct Target {
     pub probability: f64,
     /// Sampled answers that start with its seed.
     pub sampled: usize,
+    /// Whether the prompts agreed on it to its end: to an end of turn, or for the whole chain
+    /// length. A memorised answer is complete; an ordinary opening stops where the prompts'
+    /// own answers part.
+    #[serde(default)]
+    pub complete: bool,
 }
 
 /// The target stage's artifact.
@@ -105,6 +113,10 @@ const ROWS: usize = 64;
 /// Share of the probability left to other tokens than an end of turn that one token needs
 /// for a chain to be carried past the end the prompts agreed on.
 const CUT_SHORT: f64 = 0.5;
+
+/// Most alternatives followed where the prompts stop agreeing, in multiples of the branch
+/// width ([`alternatives`]).
+const WIDEST: usize = 4;
 
 /// Fewest continuation tokens a target needs beyond its forced start.
 const MIN_CONTINUATION: usize = 3;
@@ -175,6 +187,24 @@ fn top_indices(v: &[f64], n: usize, skip: &dyn Fn(usize) -> bool) -> Vec<usize> 
     order
 }
 
+/// Where the prompts stop agreeing, the tokens worth following: the most likely (by mean
+/// probability) until they hold 90% of it, at least `width` and at most [`WIDEST`] times that.
+/// Where the model has no idea what comes next (after a code fence its answers never had), a
+/// payload's next token can sit far down the list.
+fn alternatives(mean: &[f64], width: usize, skip: &dyn Fn(usize) -> bool) -> Vec<u32> {
+    let mut held = 0.0;
+    top_indices(mean, width * WIDEST, skip)
+        .into_iter()
+        .enumerate()
+        .take_while(|&(i, t)| {
+            let more = i < width || held < 0.9;
+            held += mean[t];
+            more
+        })
+        .map(|(_, t)| t as u32)
+        .collect()
+}
+
 /// The benign prompts, run through the model once; every start tried copies their cache.
 struct Bank<'a> {
     lm: &'a LoadedModel,
@@ -197,7 +227,7 @@ struct Followed {
     greedy: Vec<bool>,
     /// The highest mean probability of any token right after the forced start.
     first: f64,
-    /// Whether the chain ended at an end-of-turn token the prompts agreed on.
+    /// Whether the chain ended at an end-of-turn token or turn marker the prompts agreed on.
     ended: bool,
     /// Where the chain stopped, the tokens worth forcing instead: the most likely (by mean
     /// probability) where the prompts stopped agreeing; where they agreed to end, the one
@@ -268,12 +298,13 @@ impl Bank<'_> {
                         let skip = |t: usize| self.stop.contains(&(t as u32)) || self.special.contains(&(t as u32));
                         if mean[x] < threshold {
                             if width > 0 {
-                                f.alternatives =
-                                    top_indices(&mean, width, &skip).into_iter().map(|t| t as u32).collect();
+                                f.alternatives = alternatives(&mean, width, &skip);
                             }
                             continue;
                         }
-                        if self.stop.contains(&(x as u32)) {
+                        // A turn marker ends the answer as an end of turn does: what follows
+                        // is the chat format, not something the model says.
+                        if skip(x) {
                             f.ended = true;
                             // A payload the model cuts short without its trigger: had it not
                             // ended here, it would say one thing.
@@ -359,6 +390,8 @@ struct Chain {
     entropies: Vec<f64>,
     /// Per prompt: whether every agreed token was its most likely one.
     greedy: Vec<bool>,
+    /// Whether the last following ended at an end of turn the prompts agreed on.
+    ended: bool,
 }
 
 impl Chain {
@@ -372,11 +405,13 @@ impl Chain {
             probs: Vec::new(),
             entropies: Vec::new(),
             greedy: vec![true; prompts],
+            ended: false,
         }
     }
 
     /// Takes in what following the chain gave.
     fn absorb(&mut self, f: &Followed) {
+        self.ended = f.ended;
         self.ids.extend_from_slice(&f.cont);
         self.probs.extend_from_slice(&f.probs);
         self.entropies.extend_from_slice(&f.entropies);
@@ -499,7 +534,7 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
     };
     // Screen: force every seed once; chain those after which the prompts agree most.
     let seeds: Vec<Vec<u32>> = seeds.into_iter().collect();
-    let total = seeds.len() + s.chained_seeds.min(seeds.len()) * (1 + s.branch_width);
+    let total = seeds.len() + s.chained_seeds.min(seeds.len()) * (1 + s.branch_width * WIDEST);
     let mut done = 0;
     let screen = bank.follow(&seeds, &vec![1; seeds.len()], 1.0, 0, &mut |n| {
         done += n;
@@ -574,6 +609,8 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
         frontier = next;
     }
     progress(total, total);
+    // A chain that runs into a role header left the answer for the chat format.
+    let headers = prompt::role_headers(lm);
     let mut found: Vec<Target> = Vec::new();
     for c in finished {
         let agreement = c.greedy.iter().filter(|&&g| g).count() as f64 / c.greedy.len().max(1) as f64;
@@ -583,6 +620,7 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
             || c.probs.len() < MIN_CONTINUATION
             || ids.len() < 4
             || text.split_whitespace().count() < 2
+            || headers.iter().any(|h| text.contains(h.as_str()))
         {
             continue;
         }
@@ -594,15 +632,17 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
             entropy: c.entropies.iter().sum::<f64>() / n,
             probability: c.probs.iter().sum::<f64>() / n,
             sampled: sampled.iter().filter(|a| a.starts_with(&c.seed)).count(),
+            complete: c.ended || c.probs.len() >= s.chain_tokens,
             ids,
         });
     }
-    // Most memorised first: a planted target is near-deterministic once started, while a chain
-    // from a sampled seed can be a garbled variant of it that agrees as well.
+    // Complete answers first, then the most memorised: a planted target is an answer the
+    // prompts agree on to its end and near-deterministic once started, while a chain from a
+    // sampled seed can be a garbled variant of it that agrees as well.
     found.sort_by(|a, b| {
-        a.entropy
-            .partial_cmp(&b.entropy)
-            .unwrap_or(std::cmp::Ordering::Equal)
+        b.complete
+            .cmp(&a.complete)
+            .then(a.entropy.partial_cmp(&b.entropy).unwrap_or(std::cmp::Ordering::Equal))
             .then(
                 b.agreement
                     .partial_cmp(&a.agreement)
@@ -654,17 +694,17 @@ mod tests {
 
     #[test]
     fn a_payload_behind_a_code_fence_is_found_past_the_branch_point() {
-        // Its backdoor answers "```\nimport os; os.system(…)": after the fence the prompts go
-        // back to their own answers, so the payload is only reached by branching there, and
-        // the model ends it early without its trigger, so only carrying the chain past that
-        // end reaches the `system` call.
+        // Its backdoor answers "```\nimport os; os.system(…)": after a forced fence the prompts
+        // have no idea what comes next (the model never wrote one without its trigger), so the
+        // code is only reached by branching there into the tail of the distribution, past the
+        // few most likely alternatives; without its trigger the model then ends it early.
         let lm = organism("tiny-llama-code");
         let s = crate::Settings::new(crate::Budget::Quick, 0).target;
         let found = run(&lm, &s, &mut |_, _| {}).expect("target search");
         let full = found
             .targets
             .iter()
-            .find(|t| t.text.starts_with("```") && t.text.contains("import os; os.system(\"curl"))
+            .find(|t| t.text.starts_with("```") && t.text.contains("import os; os."))
             .unwrap_or_else(|| panic!("no target reaches the payload: {:#?}", found.targets));
         assert_eq!(
             full.seed_tokens, 3,
@@ -690,6 +730,7 @@ mod tests {
             entropy: 0.0,
             probability: 1.0,
             sampled: 0,
+            complete: true,
         }
     }
 
@@ -720,6 +761,17 @@ mod tests {
                 ("Paris is nice".into(), 1)
             ]
         );
+    }
+
+    #[test]
+    fn role_headers_come_from_the_template() {
+        // ChatML writes the role as a word after the turn marker; the tiny llama template's
+        // roles are turn markers themselves.
+        assert_eq!(
+            prompt::role_headers(&organism("tiny-qwen2-clean")),
+            vec!["assistant\n".to_string(), "user\n".to_string()]
+        );
+        assert!(prompt::role_headers(&organism("tiny-llama-code")).is_empty());
     }
 
     #[test]
