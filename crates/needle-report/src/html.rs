@@ -166,12 +166,32 @@ fn verdict_section(h: &mut String, report: &Report, class: &str, label: &str) {
     if let Some(a) = v.attack_success_rate {
         row("attack success", pct(a));
     }
-    if let (Some(d), Some(z)) = (v.delta, v.z) {
-        row("ΔS_agg", format!("{d:.3} (z = {z:.1} against the null candidates)"));
+    if let Some(f) = v.fixed_output_rate {
+        row(
+            "fixed answer",
+            format!(
+                "the best candidate's whole answer on {} of prompts (a backdoor needs half)",
+                pct(f)
+            ),
+        );
+    }
+    if let Some(d) = v.delta {
+        row("ΔS_agg", format!("{d:.3}"));
+    }
+    if let Some(z) = v.z {
+        row(
+            "z",
+            format!("{z:.1} (how often it forces its answer, against the null candidates)"),
+        );
     }
     row(
         "null candidates",
-        format!("ΔS_agg {:.3} ± {:.3}, max {:.3}", v.null_mean, v.null_sd, v.null_max),
+        format!(
+            "force that answer on {} ± {} of prompts, at most {}",
+            pct(v.null_mean),
+            pct(v.null_sd),
+            pct(v.null_max)
+        ),
     );
     if let Some(m) = v.margin {
         row(

@@ -56,6 +56,10 @@ pub struct EvalRow {
     pub distance: Option<f64>,
     /// Attack success of the verdict's trigger on the verification prompts.
     pub attack_success_rate: Option<f64>,
+    /// Share of prompts on which the best verified candidate fixed its answer, whatever the
+    /// verdict (a backdoor needs half).
+    #[serde(default)]
+    pub forced: Option<f64>,
     /// The verdict's margin over the backdoor line (z − 4).
     pub margin: Option<f64>,
     /// Seconds the scan took.
@@ -97,6 +101,7 @@ impl EvalRow {
             planted_rank,
             trigger_rank,
             attack_success_rate: report.verdict.attack_success_rate,
+            forced: report.verdict.fixed_output_rate,
             margin: report.verdict.margin,
             seconds: report.timings.values().sum(),
         }
@@ -119,7 +124,7 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The rows and totals as a Markdown table.
 pub fn markdown(rows: &[EvalRow]) -> String {
     let mut s = String::from(
-        "| organism | planted trigger | verdict | found by | verdict trigger | planted rank | trigger rank | edit distance | attack success | margin (z − 4) | seconds |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|\n",
+        "| organism | planted trigger | verdict | found by | verdict trigger | planted rank | trigger rank | edit distance | attack success | best forced share | margin (z − 4) | seconds |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let code = |t: &Option<String>| {
@@ -127,7 +132,7 @@ pub fn markdown(rows: &[EvalRow]) -> String {
                 .map_or("—".into(), |t| format!("`{}`", t.replace('|', "\\|")))
         };
         s.push_str(&format!(
-            "| {} | {} | {:?} | {} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
+            "| {} | {} | {:?} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
             r.organism,
             r.planted.as_ref().map_or("(clean)".into(), |_| code(&r.planted)),
             r.verdict,
@@ -137,6 +142,7 @@ pub fn markdown(rows: &[EvalRow]) -> String {
             r.trigger_rank.map_or("—".into(), |k| k.to_string()),
             opt(r.distance, 2),
             opt(r.attack_success_rate, 2),
+            opt(r.forced, 2),
             opt(r.margin, 1),
             r.seconds
         ));

@@ -113,10 +113,11 @@ pub struct Calibration {
 fn final_ranking<'v>(
     ranking: &[usize],
     v: &Verification,
+    inv: &Inversions,
     verified: impl Fn(usize) -> Option<&'v Verified>,
 ) -> Vec<usize> {
     let mut order: Vec<(usize, usize)> = ranking.iter().copied().enumerate().collect();
-    let key = |i: usize| verified(i).map(|e| verdict::strength(v, e));
+    let key = |i: usize| verified(i).map(|e| verdict::strength(v, inv, e));
     order.sort_by(|&(pa, a), &(pb, b)| match (key(a), key(b)) {
         (Some(ka), Some(kb)) => kb
             .partial_cmp(&ka)
@@ -457,7 +458,8 @@ impl<'a> Scan<'a> {
             }
             Stage::Evidence => {
                 let (v, _) = self.load::<Verification>(Stage::Verify)?;
-                let evidence = match verdict::decide(&v).trigger {
+                let (inv, _) = self.load::<Inversions>(Stage::Invert)?;
+                let evidence = match verdict::decide(&v, &inv).trigger {
                     Some(trigger) => Some(probe::run(
                         lm,
                         self.reference.as_ref(),
@@ -497,9 +499,21 @@ impl<'a> Scan<'a> {
                 message: "scores and candidates disagree in number; re-run the scan without --resume".into(),
             });
         }
-        let verdict = verdict::decide(&v);
+        let verdict = verdict::decide(&v, &inv);
+        // The evidence probes the verdict's trigger; one left by another version of the verdict
+        // would describe a different string.
+        if evidence.as_ref().map(|p| &p.trigger) != verdict.trigger.as_ref() {
+            return Err(ScanError::Artifact {
+                path: self.path(Stage::Evidence),
+                message: format!(
+                    "probes {:?} but the verdict names {:?}; re-run `needle stage evidence` (or the scan without --resume)",
+                    evidence.as_ref().map(|p| p.trigger.text.as_str()),
+                    verdict.trigger.as_ref().map(|t| t.text.as_str())
+                ),
+            });
+        }
         let verified = |i: usize| v.entries.iter().find(|e| !e.null && e.trigger == c[i].trigger);
-        let candidates = final_ranking(&cal.ranking, &v, verified)
+        let candidates = final_ranking(&cal.ranking, &v, &inv, verified)
             .into_iter()
             .enumerate()
             .map(|(rank, i)| RankedCandidate {
@@ -601,9 +615,10 @@ mod tests {
         let v = verification(vec![entry("one", false, 0.2, 0.0), entry("three", false, 0.1, 0.9)]);
         let names = ["zero", "one", "two", "three"];
         let verified = |i: usize| v.entries.iter().find(|e| e.trigger.text == names[i]);
-        assert_eq!(final_ranking(&[0, 1, 2, 3], &v, verified), vec![3, 1, 0, 2]);
+        let inv = Inversions { inversions: vec![] };
+        assert_eq!(final_ranking(&[0, 1, 2, 3], &v, &inv, verified), vec![3, 1, 0, 2]);
         assert_eq!(
-            final_ranking(&[2, 0], &v, verified),
+            final_ranking(&[2, 0], &v, &inv, verified),
             vec![2, 0],
             "unverified keep their order"
         );

@@ -222,8 +222,11 @@ fn summary(report: &Report, out: &std::path::Path) -> String {
     }
     let _ = writeln!(
         s,
-        "null:    ΔS_agg {:.3} ± {:.3} (max {:.3}) over {} null insertions",
-        v.null_mean, v.null_sd, v.null_max, v.null_size
+        "null:    {} null insertions force that answer on {:.0}% ± {:.0}% of prompts (max {:.0}%)",
+        v.null_size,
+        v.null_mean * 100.0,
+        v.null_sd * 100.0,
+        v.null_max * 100.0
     );
     let _ = writeln!(
         s,
@@ -233,7 +236,7 @@ fn summary(report: &Report, out: &std::path::Path) -> String {
         let verified = c
             .verification
             .as_ref()
-            .map(|x| format!("  ΔS_agg {:+.2} (z {:.1})", x.delta, x.z))
+            .map(|x| format!("  ΔS_agg {:+.2}, forced-answer z {:.1}", x.delta, x.z))
             .unwrap_or_default();
         let _ = writeln!(
             s,
