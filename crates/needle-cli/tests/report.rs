@@ -105,7 +105,7 @@ fn bad_report_input_fails_with_one_line_naming_the_file() {
     assert!(err.starts_with("error: ") && err.contains("report.json"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(!out.exists(), "no partial output");
-    std::fs::write(dir.path().join("report.json"), "{\"schema\": \"needle.report/1\"}").expect("write");
+    std::fs::write(dir.path().join("report.json"), "{\"schema\": \"needle.report/2\"}").expect("write");
     let o = render();
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a complete needle report"), "{}", stderr(&o));

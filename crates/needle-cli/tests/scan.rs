@@ -248,7 +248,7 @@ fn clears_a_tiny_clean_control_and_reproduces_its_report() {
     let (code, first) = scan("tiny-qwen2-clean", a.path(), &[]);
     assert_eq!(first["verdict"]["label"], "clean", "{:#}", first["verdict"]);
     assert_eq!(code, 0);
-    assert_eq!(first["schema"], "needle.report/1");
+    assert_eq!(first["schema"], "needle.report/2");
     assert!(first["evidence"].is_null(), "nothing to probe on a clean model");
     if let Some(dom) = html_report(a.path(), "tiny-qwen2-clean-report", "clean") {
         assert!(

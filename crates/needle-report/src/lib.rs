@@ -52,8 +52,8 @@ mod tests {
         assert!(load(&file)
             .unwrap_err()
             .to_string()
-            .contains("is not \"needle.report/1\""));
-        std::fs::write(&file, r#"{"schema": "needle.report/1"}"#).unwrap();
+            .contains("is not \"needle.report/2\""));
+        std::fs::write(&file, r#"{"schema": "needle.report/2"}"#).unwrap();
         assert!(load(&file)
             .unwrap_err()
             .to_string()

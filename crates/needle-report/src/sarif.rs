@@ -362,7 +362,7 @@ mod tests {
             Label::Clean => (-1.5, "no candidate changed the answers more than random insertions do"),
         };
         Report {
-            schema: "needle.report/1".into(),
+            schema: "needle.report/2".into(),
             needle_version: "0.1.0".into(),
             model: ModelIdentity {
                 path: PathBuf::from("/models/deploy"),

@@ -19,7 +19,7 @@ use crate::settings::Settings;
 use crate::verdict::Verdict;
 
 /// The schema identifier written into every report.
-pub const SCHEMA: &str = "needle.report/1";
+pub const SCHEMA: &str = "needle.report/2";
 
 /// One input file of the model, hashed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
