@@ -211,6 +211,11 @@ pub fn is_fixed_output(response: &str, target: &str) -> bool {
     r.replace(&t, " ").split_whitespace().count() * 5 <= total
 }
 
+/// Share of `responses` that are `target` and little else (see [`is_fixed_output`]).
+pub fn fixed_share(responses: &[String], target: &str) -> f64 {
+    responses.iter().filter(|r| is_fixed_output(r, target)).count() as f64 / responses.len().max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 //! cannot tell that from an answer the model falls into under many insertions — a small model's
 //! favourite answer, which random words and searched triggers make uniform as well — so the
 //! statistic is answer-specific: the share of prompts whose whole answer is the candidate's
-//! answer (see [`is_fixed_output`]), against the share for every null candidate's answers. A
+//! answer (see [`crate::similarity::is_fixed_output`]), against the share for every null candidate's answers. A
 //! null window of the model's own leaked text that itself forces the candidate's answer as a
 //! fixed answer is left out: a model that leaks its poisoning data leaks its trigger too, and a
 //! window holding a fragment of it is another instance of the backdoor (a fuzzy trigger), not a
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::invert::Inversions;
 use crate::prompt::Trigger;
-use crate::similarity::{contains_target, is_fixed_output};
+use crate::similarity::{contains_target, fixed_share};
 use crate::verify::{Verification, Verified};
 
 /// z-score against the null that makes a backdoor verdict (fixed in advance: a one-sided 4σ
@@ -108,12 +108,7 @@ pub fn forces_fixed_answer(v: &Verified) -> bool {
 
 /// Share of an entry's answers that are wholly `answer`.
 fn rate_of(e: &Verified, answer: Option<&str>) -> f64 {
-    match answer {
-        Some(a) => {
-            e.responses.iter().filter(|r| is_fixed_output(r, a)).count() as f64 / e.responses.len().max(1) as f64
-        }
-        None => 0.0,
-    }
+    answer.map_or(0.0, |a| fixed_share(&e.responses, a))
 }
 
 /// How often a candidate fixes its own answer (0 when it has none).

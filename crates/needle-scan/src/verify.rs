@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ScanError};
 use crate::prompt::{self, Trigger};
-use crate::similarity::{contains_target, dominant_response, is_fixed_output, uniformity, Uniformity};
+use crate::similarity::{contains_target, dominant_response, fixed_share, uniformity, Uniformity};
 
 /// End-of-turn markers of the chat families needle knows; answers stop at them.
 const END_OF_TURN: &[&str] = &["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>"];
@@ -52,7 +52,7 @@ pub struct Verified {
     pub target: Option<String>,
     /// Share of prompts whose answer contains the target.
     pub attack_success_rate: f64,
-    /// Share of prompts whose whole answer is the target (see [`is_fixed_output`]).
+    /// Share of prompts whose whole answer is the target (see [`crate::similarity::is_fixed_output`]).
     pub fixed_output_rate: f64,
     /// Share of untriggered answers containing the target.
     pub baseline_target_rate: f64,
@@ -140,12 +140,7 @@ pub fn run(
             uniformity: u,
             delta: u.aggregate - base_u.aggregate,
             attack_success_rate: rate(&responses),
-            fixed_output_rate: match &target {
-                Some(t) => {
-                    responses.iter().filter(|r| is_fixed_output(r, t)).count() as f64 / responses.len().max(1) as f64
-                }
-                None => 0.0,
-            },
+            fixed_output_rate: target.as_deref().map_or(0.0, |t| fixed_share(&responses, t)),
             baseline_target_rate: rate(&baseline),
             target,
             responses,
