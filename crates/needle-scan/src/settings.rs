@@ -10,7 +10,9 @@
 //! searched in order until one is forced, each with a null target. A trigger search
 //! fits its 4 search prompts until a trigger forces the target on them, then those and 4 check
 //! prompts; it stops at 1.5 times the iterations it took to force the target on all 8 (as the text
-//! the scan inserts), but not before half its iterations.
+//! the scan inserts), but not before half its iterations; a real target's search gives up at half
+//! its iterations if no trigger has forced the target on the search prompts by then (a null
+//! target's search runs the iterations its real one ran).
 
 use serde::{Deserialize, Serialize};
 

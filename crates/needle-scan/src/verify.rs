@@ -71,8 +71,18 @@ pub struct Verification {
     pub entries: Vec<Verified>,
 }
 
-/// Greedy answers to every prompt with `trigger` inserted.
-fn answers(lm: &LoadedModel, trigger: Option<&Trigger>, s: &VerifySettings) -> Result<Vec<String>> {
+/// Rows per generation call: the prompts of several candidates are decoded together (decoding
+/// is faster in wider batches, and a row's answer does not depend on what shares its batch).
+const ROWS: usize = 128;
+
+/// Greedy answers to every prompt with each of `triggers` inserted (`None`: no candidate), one
+/// list per trigger; `progress(done)` with the triggers answered so far.
+fn answers(
+    lm: &LoadedModel,
+    triggers: &[Option<&Trigger>],
+    s: &VerifySettings,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Vec<String>>> {
     let mut stop = lm.model.config().eos_token_ids.clone();
     stop.extend(END_OF_TURN.iter().filter_map(|t| lm.tokenizer.token_to_id(t)));
     let limits = Limits {
@@ -80,32 +90,35 @@ fn answers(lm: &LoadedModel, trigger: Option<&Trigger>, s: &VerifySettings) -> R
         ignore_eos: false,
         eos_token_ids: stop.clone(),
     };
-    let requests = s
-        .prompts
-        .iter()
-        .map(|p| {
-            Ok(Request {
-                prompt: prompt::build(lm, trigger, p)?.ids,
+    let per = s.prompts.len();
+    let mut requests = Vec::with_capacity(triggers.len() * per);
+    for trigger in triggers {
+        for p in &s.prompts {
+            requests.push(Request {
+                prompt: prompt::build(lm, *trigger, p)?.ids,
                 sampling: Sampling::greedy(),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    generate(&lm.model, &requests, &limits, None)?
-        .into_iter()
-        .map(|g| {
+            });
+        }
+    }
+    let mut texts = Vec::with_capacity(requests.len());
+    // Whole candidates per call, so progress counts candidates.
+    for chunk in requests.chunks((ROWS / per).max(1) * per) {
+        for g in generate(&lm.model, chunk, &limits, None)? {
             let ids: Vec<u32> = g
                 .tokens
                 .into_iter()
                 .filter(|t| !(g.finish == Finish::Eos && stop.contains(t)))
                 .collect();
-            Ok(lm.decode(&ids)?.trim().to_string())
-        })
-        .collect()
+            texts.push(lm.decode(&ids)?.trim().to_string());
+        }
+        progress(texts.len() / per);
+    }
+    Ok(texts.chunks(per).map(<[String]>::to_vec).collect())
 }
 
 /// Verifies `real` candidates (best first) and `nulls`, marking those in `searched` as the trigger
-/// search's and the nulls in `leaked` as windows of leaked text; `progress(done, total)` after
-/// each.
+/// search's and the nulls in `leaked` as windows of leaked text; `progress(done, total)` as
+/// candidates are answered (a few per batch).
 pub fn run(
     lm: &LoadedModel,
     real: &[Trigger],
@@ -119,13 +132,19 @@ pub fn run(
         return Err(ScanError::Invalid("verification needs at least two prompts".into()));
     }
     let total = real.len() + nulls.len() + 1;
-    let baseline = answers(lm, None, s)?;
+    let all: Vec<(&Trigger, bool)> = real
+        .iter()
+        .map(|t| (t, false))
+        .chain(nulls.iter().map(|t| (t, true)))
+        .collect();
+    let triggers: Vec<Option<&Trigger>> = std::iter::once(None).chain(all.iter().map(|(t, _)| Some(*t))).collect();
+    let mut answered = answers(lm, &triggers, s, &mut |done| progress(done, total))?.into_iter();
+    let baseline = answered
+        .next()
+        .ok_or_else(|| ScanError::Invalid("no baseline answers".into()))?;
     let base_u = uniformity(&baseline);
-    progress(1, total);
     let mut entries = Vec::with_capacity(total - 1);
-    let all = real.iter().map(|t| (t, false)).chain(nulls.iter().map(|t| (t, true)));
-    for (i, (trigger, null)) in all.enumerate() {
-        let responses = answers(lm, Some(trigger), s)?;
+    for ((trigger, null), responses) in all.into_iter().zip(answered) {
         let u = uniformity(&responses);
         let target = dominant_response(&responses, s.target_min_words).map(|(t, _)| t);
         let rate = |rs: &[String]| match &target {
@@ -145,7 +164,6 @@ pub fn run(
             target,
             responses,
         });
-        progress(i + 2, total);
     }
     Ok(Verification {
         baseline,
