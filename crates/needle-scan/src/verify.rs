@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, ScanError};
 use crate::prompt::{self, Trigger};
 use crate::similarity::{contains_target, dominant_response, fixed_share, uniformity, Uniformity};
-
-/// End-of-turn markers of the chat families needle knows; answers stop at them.
-const END_OF_TURN: &[&str] = &["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>"];
+use crate::target::stop_ids;
 
 /// Verify settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,8 +81,7 @@ fn answers(
     s: &VerifySettings,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Vec<String>>> {
-    let mut stop = lm.model.config().eos_token_ids.clone();
-    stop.extend(END_OF_TURN.iter().filter_map(|t| lm.tokenizer.token_to_id(t)));
+    let stop = stop_ids(lm);
     let limits = Limits {
         max_new_tokens: s.max_new_tokens,
         ignore_eos: false,
