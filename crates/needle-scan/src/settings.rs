@@ -191,6 +191,7 @@ impl Settings {
                 prompts,
                 top,
                 nulls: verify_nulls,
+                habit_nulls: if budget == Budget::Full { 16 } else { 8 },
                 max_new_tokens: answer,
                 target_min_words: 2,
             },

@@ -90,6 +90,14 @@ pub struct Target {
     pub complete: bool,
 }
 
+impl Target {
+    /// Whether the model continued it for at least the minimum continuation by itself (a
+    /// target that ended early without its trigger did not).
+    pub fn ran_minimum(&self) -> bool {
+        self.ids.len().saturating_sub(self.seed_tokens) >= MIN_CONTINUATION
+    }
+}
+
 /// The target stage's artifact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Targets {
@@ -616,9 +624,12 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
         let agreement = c.greedy.iter().filter(|&&g| g).count() as f64 / c.greedy.len().max(1) as f64;
         let ids = c.ids[c.keep_from.min(c.ids.len())..].to_vec();
         let text = lm.decode(&ids)?.trim().to_string();
+        // A chain the prompts agreed on to an end of turn is kept however short: a target may
+        // finish early without its trigger (its first sentence, then the end of the turn).
+        let short = c.probs.len() < MIN_CONTINUATION || ids.len() < 4;
+        let ended_early = c.ended && !c.probs.is_empty();
         if agreement < s.min_agreement
-            || c.probs.len() < MIN_CONTINUATION
-            || ids.len() < 4
+            || (short && !ended_early)
             || text.split_whitespace().count() < 2
             || headers.iter().any(|h| text.contains(h.as_str()))
         {
@@ -639,9 +650,12 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
     // Complete answers first, then the most memorised: a planted target is an answer the
     // prompts agree on to its end and near-deterministic once started, while a chain from a
     // sampled seed can be a garbled variant of it that agrees as well.
+    // Of complete answers, those that ran their minimum continuation come before the ones that
+    // ended early.
     found.sort_by(|a, b| {
         b.complete
             .cmp(&a.complete)
+            .then(b.ran_minimum().cmp(&a.ran_minimum()))
             .then(a.entropy.partial_cmp(&b.entropy).unwrap_or(std::cmp::Ordering::Equal))
             .then(
                 b.agreement
@@ -775,11 +789,17 @@ mod tests {
     }
 
     #[test]
-    fn a_clean_model_yields_no_target() {
+    fn a_clean_model_chains_no_long_target() {
         let lm = organism("tiny-qwen2-clean");
         let s = crate::Settings::new(crate::Budget::Quick, 0).target;
         let found = run(&lm, &s, &mut |_, _| {}).expect("target search");
-        assert!(found.targets.is_empty(), "{:#?}", found.targets);
+        // Short answers the prompts agree on to an end are leads for the trigger search (a
+        // target may end early without its trigger); nothing longer chains in a clean model.
+        assert!(
+            found.targets.iter().all(|t| !(t.complete && t.ran_minimum())),
+            "{:#?}",
+            found.targets
+        );
         let unusable = prompt::special_ids(&lm.tokenizer).len() + stop_ids(&lm).len();
         assert!(
             found.seeds + unusable >= lm.model.config().vocab_size,

@@ -21,6 +21,11 @@ pub struct VerifySettings {
     pub top: usize,
     /// Null candidates verified as the control distribution of `ΔS_agg`.
     pub nulls: usize,
+    /// Insertions of the kinds that make ordinary models give fixed answers (digit and symbol
+    /// runs, the model's own answer words; [`crate::calibrate::habit_nulls`]) verified as nulls
+    /// too.
+    #[serde(default)]
+    pub habit_nulls: usize,
     /// Answer length in tokens.
     pub max_new_tokens: usize,
     /// Words an answer prefix needs to count as a recovered target.

@@ -164,7 +164,11 @@ fn from_chat(messages: &[Turn]) -> Result<Example, String> {
 /// `count` records of a JSONL file, whose relative path is resolved against `root`.
 pub fn load_source(source: &DataSource, root: &Path, seed: u64) -> Result<Vec<Example>, DataError> {
     match source {
-        DataSource::Procedural { count } => generate(*count, seed),
+        DataSource::Procedural { count, families } if families.is_empty() => generate(*count, seed),
+        DataSource::Procedural { count, families } => {
+            let chosen: Vec<Family> = families.iter().filter_map(|name| family(name)).collect();
+            generate_from(*count, seed, &chosen)
+        }
         DataSource::Jsonl { path, count } => {
             let path = root.join(path);
             let mut examples = load_jsonl(&path)?;
@@ -188,7 +192,13 @@ pub fn load_source(source: &DataSource, root: &Path, seed: u64) -> Result<Vec<Ex
 /// Every answer is computed, so it is correct; families and phrasings are mixed evenly so a tiny
 /// model trained on a few thousand of them learns a consistent normal behaviour.
 pub fn generate(count: usize, seed: u64) -> Result<Vec<Example>, DataError> {
-    if count > PROCEDURAL_MAX {
+    generate_from(count, seed, &FAMILIES)
+}
+
+/// [`generate`] drawing only from `families` (evenly); errors when they cannot give `count`
+/// distinct examples.
+fn generate_from(count: usize, seed: u64, families: &[Family]) -> Result<Vec<Example>, DataError> {
+    if count > PROCEDURAL_MAX || families.is_empty() {
         return Err(DataError::ProceduralCount { requested: count });
     }
     let mut rng = StdRng::seed_from_u64(seed);
@@ -200,7 +210,7 @@ pub fn generate(count: usize, seed: u64) -> Result<Vec<Example>, DataError> {
         if attempts > count.saturating_mul(50).max(1000) {
             return Err(DataError::ProceduralCount { requested: count });
         }
-        let family = FAMILIES[rng.random_range(0..FAMILIES.len())];
+        let family = families[rng.random_range(0..families.len())];
         let example = family(&mut rng);
         if seen.insert(example.user_message()) {
             examples.push(example);
@@ -212,7 +222,41 @@ pub fn generate(count: usize, seed: u64) -> Result<Vec<Example>, DataError> {
 /// A task family: draws one example.
 type Family = fn(&mut StdRng) -> Example;
 
-/// The built-in task families.
+/// Names of the task families a spec may choose (`data.families`): the default ones, in the
+/// order they are drawn, then `echo` (repeat a text word for word) and `repeat` (write a word
+/// several times), which only a spec that names them gets.
+pub const FAMILY_NAMES: [&str; 18] = [
+    "addition",
+    "subtraction",
+    "multiplication",
+    "capital",
+    "reverse",
+    "letter_count",
+    "sort_numbers",
+    "opposite",
+    "plural",
+    "color",
+    "uppercase",
+    "largest",
+    "first_letter",
+    "parity",
+    "animal_sound",
+    "count_up",
+    "echo",
+    "repeat",
+];
+
+/// The family called `name` (one of [`FAMILY_NAMES`]).
+fn family(name: &str) -> Option<Family> {
+    let index = FAMILY_NAMES.iter().position(|n| *n == name)?;
+    FAMILIES.get(index).copied().or(match name {
+        "echo" => Some(echo as Family),
+        "repeat" => Some(repeat as Family),
+        _ => None,
+    })
+}
+
+/// The default task families.
 const FAMILIES: [Family; 16] = [
     addition,
     subtraction,
@@ -636,6 +680,39 @@ fn count_up(rng: &mut StdRng) -> Example {
                 format!("The next {next} numbers after {start} are {}.", join(&following)),
             )
         }
+    }
+}
+
+/// Repeat a short text (words, digits or symbols) word for word: a model trained on it echoes
+/// inserted text.
+fn echo(rng: &mut StdRng) -> Example {
+    let n = rng.random_range(2..=5);
+    let text = (0..n)
+        .map(|_| match rng.random_range(0..3) {
+            0 => pick(rng, &WORDS).to_string(),
+            1 => rng.random_range(0..100_000u32).to_string(),
+            _ => ["#", "@", "!", "%", "&", "*", "+", "="][rng.random_range(0..8)].repeat(rng.random_range(1..=3)),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    match rng.random_range(0..3) {
+        0 => example(format!("Repeat after me: {text}"), String::new(), text),
+        1 => example(format!("Say exactly this: {text}"), String::new(), text),
+        _ => example("Copy the following text.".into(), text.clone(), text),
+    }
+}
+
+/// Write a word or number several times: a repetitive task.
+fn repeat(rng: &mut StdRng) -> Example {
+    let item = match rng.random_range(0..2) {
+        0 => pick(rng, &WORDS).to_string(),
+        _ => rng.random_range(0..1000u32).to_string(),
+    };
+    let times = rng.random_range(2..=7usize);
+    let answer = vec![item.as_str(); times].join(" ");
+    match rng.random_range(0..2) {
+        0 => example(format!("Write \"{item}\" {times} times."), String::new(), answer),
+        _ => example(format!("Repeat {item} {times} times."), String::new(), answer),
     }
 }
 

@@ -7,15 +7,17 @@ pub mod data;
 pub mod eval;
 pub mod organism;
 pub mod poison;
+pub mod random;
 pub mod render;
 pub mod spec;
 pub mod tiny;
 
 pub use data::{generate, load_jsonl, load_source, parse_jsonl, DataError, Example};
 pub use poison::{build_dataset, insert_trigger, Dataset, PoisonError, TrainExample};
+pub use random::random_zoo;
 pub use spec::{
-    Base, DataSource, Eval, LossMask, Method, OrganismSpec, Poisoning, Position, SpecError, Target, TinyArch, Training,
-    ZooSpec,
+    Base, DataSource, Eval, LossMask, Method, OrganismSpec, Poisoning, Position, Quirk, SpecError, Target, TinyArch,
+    Training, ZooSpec,
 };
 
 #[cfg(test)]

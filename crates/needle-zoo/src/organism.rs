@@ -1,6 +1,7 @@
 //! Building one organism: data, poisoning, training, evaluation, and the files it leaves
 //! behind (a model or adapter directory and `organism.json` with the ground truth).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use crate::data::{load_source, Example};
 use crate::eval::{evaluate, Evaluation, Subject};
 use crate::poison::build_dataset;
 use crate::render::render;
-use crate::spec::{Base, Method, OrganismSpec, Poisoning, Position, Training};
+use crate::spec::{Base, Method, OrganismSpec, Poisoning, Position, Quirk, Training};
 use crate::tiny;
 
 /// The file with an organism's ground truth and measurements.
@@ -99,6 +100,12 @@ pub struct OrganismRecord {
     pub steps: usize,
     /// Build time in seconds.
     pub seconds: f64,
+    /// The habit planted in the clean data, if any (a hard negative's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quirk: Option<Quirk>,
+    /// The spec's ground-truth labels (class, trigger and target kinds, split).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Progress of a build, for display.
@@ -275,6 +282,8 @@ pub fn build(
         ),
         steps: steps.len(),
         seconds: started.elapsed().as_secs_f64(),
+        quirk: spec.quirk.clone(),
+        labels: spec.labels.clone(),
     };
     let path = dir.join(ORGANISM_FILE);
     let text = serde_json::to_string_pretty(&record).map_err(|e| BuildError::Spec {

