@@ -423,6 +423,7 @@ mod tests {
                 null_mean: 0.01,
                 null_sd: 0.06,
                 null_max: 0.1,
+                null_own_max: 0.2,
                 null_size: 6,
                 z: Some(z),
                 margin: Some(z - Z_BACKDOOR),

@@ -101,6 +101,9 @@ fn usable(text: &str) -> bool {
 /// Longest opening or ending of a written answer taken as a candidate, in words.
 const WRITTEN_WORDS: usize = 4;
 
+/// Most openings and endings shared by sampled answers taken as candidates (the most shared).
+const SHARED_WRITTEN: usize = 8;
+
 /// Openings (inserted before the message) and endings (after it) of 1..=[`WRITTEN_WORDS`] words
 /// of `text`.
 fn ends(text: &str) -> Vec<Trigger> {
@@ -138,7 +141,13 @@ pub fn written(targets: &[String], samples: &[String]) -> Vec<(Trigger, Source)>
             .then(b.0.text.len().cmp(&a.0.text.len()))
             .then(a.0.cmp(&b.0))
     });
-    out.extend(shared.into_iter().map(|(x, _)| (x, Source::Written { target: None })));
+    out.extend(
+        shared
+            .into_iter()
+            .filter(|(x, _)| usable(&x.text))
+            .take(SHARED_WRITTEN)
+            .map(|(x, _)| (x, Source::Written { target: None })),
+    );
     out.retain(|(x, _)| usable(&x.text));
     out
 }
@@ -254,9 +263,9 @@ pub fn conditioned(samples: &[String], specials: &[String], motifs: &[Motif]) ->
     out
 }
 
-/// All candidates: conditioned n-grams of the leaked `samples`, openings and endings of what
-/// the model wrote (`written`, see [`written`]), then slices of `motifs`; de-duplicated, at
-/// most `limit`; then the reconstructed triggers.
+/// All candidates: conditioned n-grams of the leaked `samples`, then slices of `motifs`,
+/// de-duplicated, at most `limit`; then the openings and endings of what the model wrote
+/// (`written`, see [`written`]) and the reconstructed triggers.
 pub fn collect(
     tokenizer: &Tokenizer,
     samples: &[String],
@@ -274,10 +283,7 @@ pub fn collect(
     };
     let mut out: Vec<Candidate> = Vec::new();
     let mut seen = BTreeSet::new();
-    for (trigger, source) in conditioned(samples, specials, motifs)
-        .into_iter()
-        .chain(written.iter().cloned())
-    {
+    for (trigger, source) in conditioned(samples, specials, motifs) {
         if seen.insert(trigger.text.clone()) {
             let tokens = count(&trigger.text)?;
             out.push(Candidate {
@@ -317,6 +323,17 @@ pub fn collect(
         }
     }
     out.truncate(limit);
+    // What the model wrote is few and kept whole, at both places where the same text opens and
+    // ends an answer (a trigger trained at the end of prompts may not fire at their start).
+    for (trigger, source) in written {
+        if !out.iter().any(|c| c.trigger == *trigger) {
+            out.push(Candidate {
+                tokens: count(&trigger.text)?,
+                trigger: trigger.clone(),
+                source: *source,
+            });
+        }
+    }
     for (inversion, trigger) in inverted.iter().enumerate() {
         if usable(&trigger.text) && !out.iter().any(|c| c.trigger.text == trigger.text) {
             out.push(Candidate {
