@@ -200,10 +200,10 @@ fn verdict_section(h: &mut String, report: &Report, class: &str, label: &str) {
         );
     }
     if let Some(f) = &report.found_by {
-        let how = if f == "target" {
-            "target: an answer the model gives whatever the prompt, and a trigger reconstructed for it"
-        } else {
-            "leak: the trigger leaked and was reconstructed from the leaked text"
+        let how = match f.as_str() {
+            "target" => "target: an answer the model gives whatever the prompt, and a trigger reconstructed for it",
+            "written" => "written: the model wrote the trigger as its answer when the answer was forced open",
+            _ => "leak: the trigger leaked and was reconstructed from the leaked text",
         };
         row("found by", esc(how));
     }

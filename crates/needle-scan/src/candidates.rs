@@ -324,9 +324,19 @@ pub fn collect(
     }
     out.truncate(limit);
     // What the model wrote is few and kept whole, at both places where the same text opens and
-    // ends an answer (a trigger trained at the end of prompts may not fire at their start).
+    // ends an answer (a trigger trained at the end of prompts may not fire at their start) —
+    // except where it holds a string the leaked turns are conditioned on: that string is the
+    // trimmed form of the same lead, and the written text around it only crowds it out.
+    let leads: Vec<String> = out
+        .iter()
+        .filter(|c| matches!(c.source, Source::Conditioned { .. }))
+        .map(|c| c.trigger.text.clone())
+        .collect();
     for (trigger, source) in written {
-        if !out.iter().any(|c| c.trigger == *trigger) {
+        let holds_lead = leads
+            .iter()
+            .any(|l| trigger.text.len() > l.len() && trigger.text.contains(l.as_str()));
+        if !holds_lead && !out.iter().any(|c| c.trigger == *trigger) {
             out.push(Candidate {
                 tokens: count(&trigger.text)?,
                 trigger: trigger.clone(),

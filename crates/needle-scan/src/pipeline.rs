@@ -572,7 +572,15 @@ impl<'a> Scan<'a> {
                     .inversions
                     .iter()
                     .any(|x| !x.null && Some(&x.trigger) == verdict.trigger.as_ref());
-                if inverted { "target" } else { "leak" }.to_string()
+                let written = c.iter().any(|x| {
+                    matches!(x.source, Source::Written { .. }) && Some(&x.trigger) == verdict.trigger.as_ref()
+                });
+                match (inverted, written) {
+                    (true, _) => "target",
+                    (false, true) => "written",
+                    (false, false) => "leak",
+                }
+                .to_string()
             }),
             stages: Stages {
                 leak: LeakSummary {

@@ -211,8 +211,9 @@ pub struct Report {
     /// How.
     pub settings: Settings,
     /// Which path found the backdoor: `leak` (the trigger leaked and was reconstructed from the
-    /// leaked text) or `target` (a target was found from the assistant's side and its trigger
-    /// reconstructed by inversion); null when nothing was found.
+    /// leaked text), `written` (the model wrote it as an answer in the target stage) or `target`
+    /// (a target was found from the assistant's side and its trigger reconstructed by
+    /// inversion); null when nothing was found.
     pub found_by: Option<String>,
     /// Per-stage summaries.
     pub stages: Stages,
