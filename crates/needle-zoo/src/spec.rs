@@ -551,7 +551,8 @@ impl Quirk {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), String> {
+/// Checks an organism name: 1–64 characters of `[a-z0-9-]`.
+pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err("name must be 1 to 64 characters of [a-z0-9-]".into());
     }

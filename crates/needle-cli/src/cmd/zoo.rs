@@ -66,13 +66,14 @@ pub enum ZooCommand {
 
 /// Draws a randomised zoo and writes its spec to `out`.
 fn write_random(count: u16, seed: u64, name: &str, out: &Path) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 48
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        bail!("--name {name:?}: use 1 to 48 lowercase letters, digits or '-' (it starts every organism's name)");
+    // Organisms are called NAME-NN-KIND: leave room for the number and the longest kind.
+    let checked = needle_zoo::spec::validate_name(name).and_then(|()| {
+        (name.len() <= 48)
+            .then_some(())
+            .ok_or_else(|| "name must be at most 48 characters".to_string())
+    });
+    if let Err(e) = checked {
+        bail!("--name {name:?}: {e} (it starts every organism's name)");
     }
     let zoo = needle_zoo::random_zoo(count.into(), seed, name);
     let command = format!("needle zoo random --count {count} --seed {seed} --name {name}");
