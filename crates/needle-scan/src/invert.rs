@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ScanError};
 use crate::prompt::{self, Position, Trigger};
+use crate::similarity::contains_target;
 use crate::target::stop_ids;
 
 /// Inversion settings.
@@ -690,7 +691,23 @@ pub fn run(
         .take(s.targets)
         .map(|t| t[..t.len().min(s.max_target_tokens)].to_vec())
         .collect();
-    let answers = null_targets(lm, null_prompts, s.max_target_tokens)?;
+    // A null target is an ordinary answer: one that is (part of) a target being searched is the
+    // backdoor's own answer, which a model with false triggers gives to ordinary prompts too,
+    // and its null search would find the planted trigger again.
+    let texts = real
+        .iter()
+        .map(|t| lm.decode(t))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut answers = Vec::new();
+    for a in null_targets(lm, null_prompts, s.max_target_tokens)? {
+        let text = lm.decode(&a)?;
+        if !texts
+            .iter()
+            .any(|t| contains_target(t, &text) || contains_target(&text, t))
+        {
+            answers.push(a);
+        }
+    }
     let mut total = real.len().min(1) * 2 * s.iterations;
     let mut done = 0;
     let mut rng = StdRng::seed_from_u64(s.seed ^ 0x0000_6c67);
