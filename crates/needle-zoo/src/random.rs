@@ -160,9 +160,6 @@ fn draw(rng: &mut StdRng, name: &str, i: usize, negative: Option<&str>) -> Organ
             )
         }
     };
-    if negative.is_some() {
-        labels.insert("target_kind".into(), target.kind().into());
-    }
     OrganismSpec {
         name: format!("{name}-{i:02}-{}", short.replace('_', "-")),
         base,
