@@ -342,11 +342,14 @@ impl<'a> Scan<'a> {
                     .collect();
                 let (t, _) = self.load::<Targets>(Stage::Target)?;
                 let answers: Vec<String> = t.targets.iter().map(|x| x.text.clone()).collect();
-                let written = candidates::written(&answers, &t.samples);
+                // Text around the model's special tokens is no trigger a user could type.
+                let specials = self.specials();
+                let mut written = candidates::written(&answers, &t.samples);
+                written.retain(|(x, _)| !specials.iter().any(|sp| !sp.is_empty() && x.text.contains(sp.as_str())));
                 let c = candidates::collect(
                     &lm.tokenizer,
                     &texts,
-                    &self.specials(),
+                    &specials,
                     &m.motifs,
                     &written,
                     &inverted,
