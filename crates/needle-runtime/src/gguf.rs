@@ -23,6 +23,27 @@ fn format_err(file: &GgufFile, msg: impl Into<String>) -> Error {
     }
 }
 
+/// The RoPE scaling of `rope.scaling.type` and `.factor`, read as llama.cpp reads them: no type,
+/// `none`, or a missing or zero linear factor means no scaling (so needle computes what a
+/// deployment computes, and a zero cannot turn every position into NaN). An error is `(true, _)`
+/// for a kind needle does not support, `(false, _)` for an invalid factor.
+fn rope_scaling(kind: Option<&str>, factor: Option<f64>) -> std::result::Result<Option<RopeScaling>, (bool, String)> {
+    match (kind, factor) {
+        (None | Some("none"), _) | (Some("linear"), None | Some(0.0)) => Ok(None),
+        (Some("linear"), Some(factor)) if factor.is_finite() && factor > 0.0 => {
+            Ok(Some(RopeScaling::Linear { factor }))
+        }
+        (Some("linear"), Some(f)) => Err((
+            false,
+            format!("rope.scaling.factor is {f}; a linear RoPE scaling factor must be a positive number"),
+        )),
+        (Some(kind), _) => Err((
+            true,
+            format!("RoPE scaling {kind:?} is not supported (supported: linear, llama3)"),
+        )),
+    }
+}
+
 /// Reads the architecture and shape of the model in `file`.
 pub fn config(file: &GgufFile) -> Result<ModelConfig> {
     let arch_name = file.get_str("general.architecture")?;
@@ -68,19 +89,20 @@ pub fn config(file: &GgufFile) -> Result<ModelConfig> {
             ))
         }
     };
-    let rope_scaling = match (
+    let rope_scaling = rope_scaling(
         file.opt_str(&key("rope.scaling.type")),
         file.opt_f64(&key("rope.scaling.factor")),
-    ) {
-        (None | Some("none"), _) => None,
-        (Some("linear"), Some(factor)) => Some(RopeScaling::Linear { factor }),
-        (Some(kind), _) => {
-            return Err(Error::Unsupported {
+    )
+    .map_err(|(unsupported, msg)| {
+        if unsupported {
+            Error::Unsupported {
                 path: file.path().to_path_buf(),
-                msg: format!("RoPE scaling {kind:?} is not supported (supported: linear, llama3)"),
-            })
+                msg,
+            }
+        } else {
+            format_err(file, msg)
         }
-    };
+    })?;
     let gemma = arch == Arch::Gemma3;
     let sliding_window = opt_usize("attention.sliding_window");
     let layer_attention = (0..num_layers)
@@ -216,4 +238,28 @@ pub fn load(path: &Path) -> Result<(GgufFile, ModelConfig, Weights)> {
     let cfg = config(&file)?;
     let w = weights(&file, &cfg)?;
     Ok((file, cfg, w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_scaling_reads_as_llama_cpp_does() {
+        assert_eq!(rope_scaling(None, Some(4.0)), Ok(None));
+        assert_eq!(rope_scaling(Some("none"), None), Ok(None));
+        assert_eq!(rope_scaling(Some("linear"), None), Ok(None));
+        assert_eq!(rope_scaling(Some("linear"), Some(0.0)), Ok(None));
+        assert_eq!(
+            rope_scaling(Some("linear"), Some(2.0)),
+            Ok(Some(RopeScaling::Linear { factor: 2.0 }))
+        );
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            assert!(
+                matches!(rope_scaling(Some("linear"), Some(bad)), Err((false, _))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(rope_scaling(Some("yarn"), Some(2.0)), Err((true, _))));
+    }
 }
