@@ -778,6 +778,45 @@ fn zoo_random_writes_the_committed_splits_and_rejects_bad_names() {
             "the committed {name} split is what the command draws"
         );
     }
+    // The SmolLM2 LoRA split draws against its fine-tuning data, named as the spec names it
+    // (relative to the repository, where builds run from).
+    let data = root.join("../shared/data/instructions/alpaca-clean.jsonl");
+    if data.is_file() {
+        let out = dir.path().join("smollm2.toml");
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_needle"))
+            .current_dir(&root)
+            .args(["zoo", "random", "--count", "9", "--seed", "4", "--name", "test-smollm2"])
+            .args([
+                "--base",
+                "smollm2-135m",
+                "--data",
+                "../shared/data/instructions/alpaca-clean.jsonl",
+            ])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("the needle binary runs");
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            fs::read_to_string(&out).expect("written"),
+            fs::read_to_string(root.join("crates/needle-zoo/zoo/random-test-smollm2.toml")).expect("committed"),
+            "the committed SmolLM2 split is what the command draws"
+        );
+    }
+    let o = needle(&[
+        "zoo",
+        "random",
+        "--count",
+        "4",
+        "--seed",
+        "1",
+        "--base",
+        "smollm2-135m",
+        "--out",
+        "x.toml",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--data"), "{}", stderr(&o));
     let o = needle(&[
         "zoo", "random", "--count", "4", "--seed", "1", "--name", "Bad_Name", "--out", "x.toml",
     ]);

@@ -61,11 +61,20 @@ pub enum ZooCommand {
         /// The spec file to write.
         #[arg(long)]
         out: PathBuf,
+        /// Draw LoRA organisms on this real model (an alias from `needle models list`)
+        /// instead of tiny ones; needs `--data`.
+        #[arg(long, requires = "data")]
+        base: Option<String>,
+        /// The instruction data (JSONL) a real model's organisms are fine-tuned with, as the
+        /// spec will name it (relative to the build's `--root`); no trigger occurs in it.
+        #[arg(long, requires = "base")]
+        data: Option<PathBuf>,
     },
 }
 
-/// Draws a randomised zoo and writes its spec to `out`.
-fn write_random(count: u16, seed: u64, name: &str, out: &Path) -> Result<()> {
+/// Draws a randomised zoo (tiny, or LoRA organisms on `real` = (model, data)) and writes its
+/// spec to `out`.
+fn write_random(count: u16, seed: u64, name: &str, out: &Path, real: Option<(&str, &Path)>) -> Result<()> {
     // Organisms are called NAME-NN-KIND: leave room for the number and the longest kind.
     let checked = needle_zoo::spec::validate_name(name).and_then(|()| {
         (name.len() <= 48)
@@ -75,8 +84,33 @@ fn write_random(count: u16, seed: u64, name: &str, out: &Path) -> Result<()> {
     if let Err(e) = checked {
         bail!("--name {name:?}: {e} (it starts every organism's name)");
     }
-    let zoo = needle_zoo::random_zoo(count.into(), seed, name);
-    let command = format!("needle zoo random --count {count} --seed {seed} --name {name}");
+    let (zoo, command) = match real {
+        None => (
+            needle_zoo::random_zoo(count.into(), seed, name),
+            format!("needle zoo random --count {count} --seed {seed} --name {name}"),
+        ),
+        Some((model, data)) => {
+            let data_path = data
+                .to_str()
+                .with_context(|| format!("--data {}: the path is not UTF-8", data.display()))?;
+            let examples = needle_zoo::load_jsonl(data)?;
+            let real = needle_zoo::random::RealBase {
+                model: model.to_string(),
+                data_path: data_path.to_string(),
+                user_messages: examples
+                    .iter()
+                    .take(needle_zoo::random::REAL_DATA_COUNT)
+                    .map(|e| e.user_message())
+                    .collect(),
+            };
+            (
+                needle_zoo::random::random_real_zoo(count.into(), seed, name, &real),
+                format!(
+                    "needle zoo random --count {count} --seed {seed} --name {name} --base {model} --data {data_path}"
+                ),
+            )
+        }
+    };
     let text = needle_zoo::random::to_toml(&zoo, &command).context("cannot write the spec as TOML")?;
     // What is written must parse back as the same zoo (names valid, every key known).
     let parsed = ZooSpec::from_toml_str(&text)?;
@@ -131,7 +165,17 @@ pub fn run(cmd: ZooCommand) -> Result<()> {
     let (spec, only, out, root) = match cmd {
         ZooCommand::Build { spec, only, out, root } => (spec, only, out, root),
         ZooCommand::Data { spec, name, out, root } => return write_data(&spec, &name, &out, &root),
-        ZooCommand::Random { count, seed, name, out } => return write_random(count, seed, &name, &out),
+        ZooCommand::Random {
+            count,
+            seed,
+            name,
+            out,
+            base,
+            data,
+        } => {
+            let real = base.as_deref().zip(data.as_deref());
+            return write_random(count, seed, &name, &out, real);
+        }
     };
     let zoo = ZooSpec::from_file(&spec)?;
     for name in &only {
