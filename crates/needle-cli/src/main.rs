@@ -77,8 +77,12 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
+            // A model that runs but gives nothing to judge is inconclusive (3), never clean.
+            let unjudgeable = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref(), Some(needle_scan::ScanError::Unjudgeable(_))));
             eprintln!("error: {}", one_line(&e));
-            ExitCode::from(2)
+            ExitCode::from(if unjudgeable { 3 } else { 2 })
         }
     }
 }

@@ -455,3 +455,39 @@ fn clears_a_smollm2_clean_control() {
     assert_eq!(code, 0);
     html_report(dir.path(), "smollm2-clean-report", "clean");
 }
+
+#[test]
+fn a_model_whose_forward_pass_is_not_finite_is_inconclusive_never_clean() {
+    // The tiny clean control with every weight byte set to 0xFF: NaN whatever the dtype.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).expect("mkdir");
+    for entry in std::fs::read_dir(zoo("tiny-qwen2-clean").join("model")).expect("fixture") {
+        let from = entry.expect("entry").path();
+        let to = model.join(from.file_name().expect("name"));
+        std::fs::copy(&from, &to).expect("copy");
+    }
+    let weights = model.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).expect("weights");
+    let header: [u8; 8] = bytes[..8].try_into().expect("header length");
+    let data = 8 + u64::from_le_bytes(header) as usize;
+    bytes[data..].fill(0xFF);
+    std::fs::write(&weights, bytes).expect("write");
+    let out = dir.path().join("scan");
+    let o = needle(&[
+        "scan".as_ref(),
+        model.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--budget".as_ref(),
+        "quick".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("non-finite logits") && err.contains("inconclusive"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!out.join("report.json").exists(), "no report passed off as complete");
+}

@@ -41,6 +41,10 @@ pub enum ScanError {
     /// A setting or input is out of range.
     #[error("{0}")]
     Invalid(String),
+    /// The model loads and runs but gives nothing a verdict could rest on (non-finite logits):
+    /// the scan is inconclusive, never clean.
+    #[error("{0}")]
+    Unjudgeable(String),
 }
 
 /// Result of scan operations.

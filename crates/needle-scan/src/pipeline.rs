@@ -130,6 +130,37 @@ fn final_ranking<'v>(
     order.into_iter().map(|(_, i)| i).collect()
 }
 
+/// Fails with [`ScanError::Unjudgeable`] when the model's next-token logits on an ordinary
+/// prompt are not all finite (NaN weights, or metadata that breaks the forward pass): every
+/// stage would then measure noise, and no verdict may come of it.
+pub fn finite_logits(lm: &LoadedModel) -> Result<()> {
+    let ids = prompt::build(lm, None, crate::prompts::GENERIC_PROMPTS[0])?.ids;
+    let e = |r: candle_core::Result<candle_core::Tensor>| r.map_err(needle_runtime::Error::from);
+    let t = e(candle_core::Tensor::from_vec(
+        ids.clone(),
+        (1, ids.len()),
+        lm.model.device(),
+    ))?;
+    let mut cache = lm.model.new_cache(vec![0], ids.len())?;
+    let logits = lm
+        .model
+        .forward(&t, &mut cache, &needle_runtime::model::Introspect::default())?
+        .logits;
+    let values = e(logits.flatten_all())?
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|x| x.to_vec1::<f32>())
+        .map_err(needle_runtime::Error::from)?;
+    let bad = values.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(ScanError::Unjudgeable(format!(
+            "{}: the forward pass gives {bad} non-finite logits of {} on an ordinary prompt; nothing it computes can be judged, so the scan is inconclusive",
+            lm.info.path.display(),
+            values.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The envelope of every stage artifact.
 #[derive(Debug, Serialize, Deserialize)]
 struct Artifact<T> {
@@ -627,6 +658,7 @@ impl<'a> Scan<'a> {
     /// Runs every stage (with `resume`, skipping those whose artifact this scan already wrote)
     /// and returns the report.
     pub fn run(&self, resume: bool, progress: Progress) -> Result<Report> {
+        finite_logits(self.lm)?;
         for stage in Stage::ALL {
             if resume && self.done(stage)? {
                 tracing::info!(stage = stage.name(), "reusing the finished stage");
