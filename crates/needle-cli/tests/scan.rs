@@ -293,6 +293,28 @@ fn an_interrupted_scan_resumes_without_redoing_finished_stages() {
     let after = std::fs::metadata(&leak).and_then(|m| m.modified()).expect("mtime");
     assert_eq!(before, after, "the finished leak stage was redone");
     assert_eq!(without_timings(resumed), without_timings(reference));
+    // A stage artifact that disagrees with the one before it (here: one score short) is a
+    // one-line error naming it, not a panic.
+    let score = full.path().join("score.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&score).expect("score.json")).expect("score.json is JSON");
+    doc["data"].as_array_mut().expect("scores").pop();
+    std::fs::write(&score, serde_json::to_string(&doc).expect("json")).expect("write");
+    for later in ["calibrate", "verify", "evidence", "report"] {
+        std::fs::remove_file(full.path().join(format!("{later}.json"))).expect("remove");
+    }
+    let o = needle(&[
+        "scan".as_ref(),
+        model.as_os_str(),
+        "--out".as_ref(),
+        full.path().as_os_str(),
+        "--budget".as_ref(),
+        "quick".as_ref(),
+        "--seed".as_ref(),
+        "7".as_ref(),
+        "--resume".as_ref(),
+    ]);
+    fails_in_one_line(&o, &["score.json", "candidates.json has"]);
 }
 
 #[test]

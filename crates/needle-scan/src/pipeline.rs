@@ -415,6 +415,16 @@ impl<'a> Scan<'a> {
                 let (leak, _) = self.load::<Leak>(Stage::Leak)?;
                 let (c, _) = self.load::<Vec<Candidate>>(Stage::Candidates)?;
                 let (terms, _) = self.load::<Vec<Terms>>(Stage::Score)?;
+                if terms.len() != c.len() {
+                    return Err(ScanError::Artifact {
+                        path: self.path(Stage::Score),
+                        message: format!(
+                            "scores {} candidates but candidates.json has {}; re-run the scan without --resume",
+                            terms.len(),
+                            c.len()
+                        ),
+                    });
+                }
                 let mut like: Vec<(usize, Position)> = c.iter().map(|x| (x.tokens, x.trigger.position)).collect();
                 if like.is_empty() {
                     like = candidates::NGRAM_SIZES.iter().map(|&n| (n, Position::Prefix)).collect();
