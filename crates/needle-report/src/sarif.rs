@@ -128,7 +128,10 @@ fn trigger_finding(report: &Report) -> Option<Finding> {
             let _ = write!(message, " forces the answer {target:?}");
         }
         if let Some(asr) = v.attack_success_rate {
-            let prompts = report.settings.verify.prompts.len();
+            let prompts = match report.stages.prompts.verify.len() {
+                0 => report.settings.verify.prompts.len(),
+                n => n,
+            };
             let _ = write!(message, " on {:.0}% of {prompts} verification prompts", asr * 100.0);
         }
     } else {
@@ -407,6 +410,7 @@ mod tests {
                     examples: vec![],
                     train: None,
                 },
+                prompts: Default::default(),
             },
             candidates: vec![],
             verdict: Verdict {

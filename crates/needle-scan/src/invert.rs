@@ -44,9 +44,10 @@ pub struct InvertSettings {
     pub swaps: usize,
     /// Swaps, the best on the first prompt, then evaluated on every prompt.
     pub finalists: usize,
-    /// Targets tried at most, in the target stage's order: the next is tried only when the
-    /// search forced the one before on fewer than half of its prompts (its forced start may be
-    /// a way into the target rather than the target's own start).
+    /// Targets tried at most, in the target stage's order, each before the user's words and then
+    /// after them: the next search runs only when the one before forced its target on fewer
+    /// than half of its prompts (a trigger may work at one end only; a target's forced start
+    /// may be a way into it rather than its own start).
     pub targets: usize,
     /// Most target tokens used in the loss.
     pub max_target_tokens: usize,
@@ -93,20 +94,26 @@ struct Parts {
     after: Vec<u32>,
 }
 
-fn prompt_parts(lm: &LoadedModel, prompts: &[String]) -> Result<Vec<Parts>> {
+/// Each prompt cut where a trigger at `position` goes: before the user's words or after them.
+fn prompt_parts(lm: &LoadedModel, prompts: &[String], position: Position) -> Result<Vec<Parts>> {
     prompts
         .iter()
         .map(|p| {
             let built = prompt::build(lm, None, p)?;
+            let at = match position {
+                Position::Prefix => built.rest.start,
+                Position::Suffix => built.rest.end,
+            };
             Ok(Parts {
-                before: built.ids[..built.rest.start].to_vec(),
-                after: built.ids[built.rest.start..].to_vec(),
+                before: built.ids[..at].to_vec(),
+                after: built.ids[at..].to_vec(),
             })
         })
         .collect()
 }
 
-/// Tokens a trigger may use: not special, decoding to printable text with a letter or digit.
+/// Tokens a trigger may use: not special, decoding to printable ASCII that is not only spaces
+/// (planted triggers are words and symbol runs alike; null searches draw from the same tokens).
 fn allowed_tokens(lm: &LoadedModel) -> Vec<bool> {
     let vocab = lm.model.config().vocab_size;
     let special = prompt::special_ids(&lm.tokenizer);
@@ -116,7 +123,7 @@ fn allowed_tokens(lm: &LoadedModel) -> Vec<bool> {
                 && lm
                     .tokenizer
                     .decode(&[id], false)
-                    .is_ok_and(|t| prompt::is_word_token(&t))
+                    .is_ok_and(|t| prompt::is_typed_token(&t))
         })
         .collect()
 }
@@ -347,19 +354,25 @@ struct Searched {
 /// The search prompts cut around the trigger, the same for every prompt (search and check), and
 /// every prompt as text, and the held-out prompts.
 struct PromptSets {
+    position: Position,
     search: Vec<Parts>,
     all: Vec<Parts>,
     texts: Vec<String>,
     holdout: Vec<String>,
 }
 
-/// For each of `prompts`, whether the trigger `ids`, decoded to text and inserted as a prefix the
-/// way the verify stage inserts it (so re-tokenized, which can change its tokens), makes `target`
-/// the greedy answer.
-fn forced_on(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u32]) -> Result<Vec<bool>> {
+/// For each of `prompts`, whether the trigger `ids`, decoded to text and inserted at `position`
+/// the way the verify stage inserts it (so re-tokenized, which can change its tokens), makes
+/// `target` the greedy answer.
+fn forced_on(
+    lm: &LoadedModel,
+    prompts: &[String],
+    (ids, position): (&[u32], Position),
+    target: &[u32],
+) -> Result<Vec<bool>> {
     let trigger = Trigger {
         text: lm.decode(ids)?.trim().to_string(),
-        position: Position::Prefix,
+        position,
     };
     let n = target.len();
     let mut forced = Vec::with_capacity(prompts.len());
@@ -387,8 +400,8 @@ fn forced_on(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u32]) 
 }
 
 /// The share of `prompts` on which the trigger `ids` forces `target` (see [`forced_on`]).
-fn forced_share(lm: &LoadedModel, prompts: &[String], ids: &[u32], target: &[u32]) -> Result<f64> {
-    let on = forced_on(lm, prompts, ids, target)?;
+fn forced_share(lm: &LoadedModel, prompts: &[String], trigger: (&[u32], Position), target: &[u32]) -> Result<f64> {
+    let on = forced_on(lm, prompts, trigger, target)?;
     Ok(on.iter().filter(|&&f| f).count() as f64 / on.len().max(1) as f64)
 }
 
@@ -460,7 +473,9 @@ fn search(
             // Each trigger is checked once (a check passing late, when the limit it sets
             // reaches the budget, leaves the limit unchanged).
             checked = Some(best_x.clone());
-            let mut generalises = forced_on(lm, &texts, &best_x, target)?.iter().all(|&f| f);
+            let mut generalises = forced_on(lm, &texts, (&best_x, sets.position), target)?
+                .iter()
+                .all(|&f| f);
             let mut refit = false;
             if !widened {
                 // From the first trigger that forces the target on the search prompts, the
@@ -475,7 +490,7 @@ fn search(
                 // kinds of prompt it fails on (lists, poems: answers with a strong form of
                 // their own) are the ones a wider search must fit, so a few of them are.
                 mined = true;
-                let on = forced_on(lm, &holdout, &best_x, target)?;
+                let on = forced_on(lm, &holdout, (&best_x, sets.position), target)?;
                 let failing: Vec<String> = holdout
                     .iter()
                     .zip(&on)
@@ -487,7 +502,7 @@ fn search(
                     forcing.push((best_x.clone(), best));
                     holdout.retain(|p| !failing.contains(p));
                     texts.extend(failing);
-                    parts = prompt_parts(lm, &texts)?;
+                    parts = prompt_parts(lm, &texts, sets.position)?;
                     refit = true;
                     generalises = false;
                 }
@@ -571,8 +586,8 @@ fn search(
     let counts = (texts.len(), holdout.len());
     let ((trigger, fit), (forced, held_out)) = most_forcing(triggers, counts, |x| {
         Ok((
-            forced_share(lm, &texts, x, target)?,
-            forced_share(lm, &holdout, x, target)?,
+            forced_share(lm, &texts, (x, sets.position), target)?,
+            forced_share(lm, &holdout, (x, sets.position), target)?,
         ))
     })?;
     Ok(Searched {
@@ -647,13 +662,13 @@ fn null_targets(lm: &LoadedModel, prompts: &[String], tokens: usize) -> Result<V
 }
 
 /// The artifact entry of one search.
-fn inversion(lm: &LoadedModel, target: &[u32], null: bool, found: Searched) -> Result<Inversion> {
+fn inversion(lm: &LoadedModel, target: &[u32], null: bool, position: Position, found: Searched) -> Result<Inversion> {
     Ok(Inversion {
         target: lm.decode(target)?,
         null,
         trigger: Trigger {
             text: lm.decode(&found.trigger)?.trim().to_string(),
-            position: Position::Prefix,
+            position,
         },
         trigger_ids: found.trigger,
         loss: found.loss,
@@ -679,12 +694,18 @@ pub fn run(
         return Err(ScanError::Invalid("the inversion needs prompts".into()));
     }
     let texts: Vec<String> = s.prompts.iter().chain(&s.check_prompts).cloned().collect();
-    let sets = PromptSets {
-        search: prompt_parts(lm, &s.prompts)?,
-        all: prompt_parts(lm, &texts)?,
-        texts,
-        holdout: s.holdout_prompts.clone(),
-    };
+    let sets = [Position::Prefix, Position::Suffix]
+        .into_iter()
+        .map(|position| {
+            Ok(PromptSets {
+                position,
+                search: prompt_parts(lm, &s.prompts, position)?,
+                all: prompt_parts(lm, &texts, position)?,
+                texts: texts.clone(),
+                holdout: s.holdout_prompts.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let allowed = allowed_tokens(lm);
     let real: Vec<Vec<u32>> = targets
         .iter()
@@ -712,33 +733,40 @@ pub fn run(
     let mut done = 0;
     let mut rng = StdRng::seed_from_u64(s.seed ^ 0x0000_6c67);
     let mut inversions = Vec::new();
-    // Each null target with the iterations its real target's search ran: the same effort.
-    let mut nulls: Vec<(Vec<u32>, usize)> = Vec::new();
-    for (k, target) in real.iter().enumerate() {
+    // Each null target with the position and iterations of its real target's search: the same
+    // effort.
+    let mut nulls: Vec<(Vec<u32>, &PromptSets, usize)> = Vec::new();
+    // Each target is searched before the user's words, then, if that forced it on fewer than
+    // half of the prompts, after them (a trigger planted at one end may work only there).
+    let attempts: Vec<(usize, &PromptSets)> = (0..real.len())
+        .flat_map(|k| sets.iter().map(move |set| (k, set)))
+        .collect();
+    for (a, &(k, set)) in attempts.iter().enumerate() {
+        let target = &real[k];
         let effort = (s.iterations, Effort::GiveUp);
-        let found = search(lm, &sets, &allowed, target, s, effort, &mut rng, &mut || {
+        let found = search(lm, set, &allowed, target, s, effort, &mut rng, &mut || {
             done += 1;
             progress(done, total);
         })?;
         if let Some(n) = answers.get(k) {
-            nulls.push((n[..n.len().min(target.len())].to_vec(), found.iterations));
+            nulls.push((n[..n.len().min(target.len())].to_vec(), set, found.iterations));
         }
         let forced = found.forced;
-        inversions.push(inversion(lm, target, false, found)?);
-        if forced >= MIN_FORCED_SHARE || k + 1 == real.len() {
+        inversions.push(inversion(lm, target, false, set.position, found)?);
+        if forced >= MIN_FORCED_SHARE || a + 1 == attempts.len() {
             break;
         }
         total += 2 * s.iterations;
     }
-    total = done + nulls.iter().map(|(_, budget)| budget).sum::<usize>();
+    total = done + nulls.iter().map(|(_, _, budget)| budget).sum::<usize>();
     // As many null targets as real ones were searched, each cut to its real one's length.
-    for (target, budget) in &nulls {
+    for (target, set, budget) in &nulls {
         let effort = (*budget, Effort::Whole);
-        let found = search(lm, &sets, &allowed, target, s, effort, &mut rng, &mut || {
+        let found = search(lm, set, &allowed, target, s, effort, &mut rng, &mut || {
             done += 1;
             progress(done, total);
         })?;
-        inversions.push(inversion(lm, target, true, found)?);
+        inversions.push(inversion(lm, target, true, set.position, found)?);
     }
     Ok(Inversions { inversions })
 }
@@ -786,19 +814,21 @@ mod tests {
     fn cached_prefix_fits_match_whole_sequences() {
         let lm = tiny();
         let prompts = ["Name a color.".to_string(), "How do plants grow?".to_string()];
-        let parts = prompt_parts(&lm, &prompts).expect("parts");
         let target = lm.encode("Visit the site now").expect("target");
         let triggers: Vec<Vec<u32>> = ["alpha beta gamma", "one two three", "red green blue"]
             .iter()
             .map(|t| lm.encode(t).expect("trigger")[..3].to_vec())
             .collect();
-        let prepared = prepare(&lm, &parts, 3, target.len()).expect("prepare");
-        let got = fits(&lm, &prepared, &triggers, &target).expect("fits");
-        for (x, fit) in triggers.iter().zip(&got) {
-            let refs: Vec<(f64, bool)> = parts.iter().map(|p| reference(&lm, p, x, &target)).collect();
-            let loss = refs.iter().map(|r| r.0).sum::<f64>() / refs.len() as f64;
-            assert!((fit.loss - loss).abs() < 1e-4, "loss {} vs {loss}", fit.loss);
-            assert_eq!(fit.forced, refs.iter().all(|r| r.1));
+        for position in [Position::Prefix, Position::Suffix] {
+            let parts = prompt_parts(&lm, &prompts, position).expect("parts");
+            let prepared = prepare(&lm, &parts, 3, target.len()).expect("prepare");
+            let got = fits(&lm, &prepared, &triggers, &target).expect("fits");
+            for (x, fit) in triggers.iter().zip(&got) {
+                let refs: Vec<(f64, bool)> = parts.iter().map(|p| reference(&lm, p, x, &target)).collect();
+                let loss = refs.iter().map(|r| r.0).sum::<f64>() / refs.len() as f64;
+                assert!((fit.loss - loss).abs() < 1e-4, "loss {} vs {loss}", fit.loss);
+                assert_eq!(fit.forced, refs.iter().all(|r| r.1));
+            }
         }
     }
 
@@ -806,7 +836,7 @@ mod tests {
     fn batched_gradient_scores_sum_the_prompts() {
         let lm = tiny();
         let prompts = ["Name a color.".to_string(), "How do plants grow?".to_string()];
-        let all = prompt_parts(&lm, &prompts).expect("parts");
+        let all = prompt_parts(&lm, &prompts, Position::Prefix).expect("parts");
         let target = lm.encode("Visit the site now").expect("target");
         let x = lm.encode("one two three").expect("trigger")[..3].to_vec();
         let together = token_scores(&lm, &all, &x, &target).expect("scores");
@@ -887,17 +917,26 @@ mod tests {
         )
         .expect("inversion");
         let (real, nulls): (Vec<&Inversion>, Vec<&Inversion>) = found.inversions.iter().partition(|x| !x.null);
-        assert_eq!(real.len(), 2, "{:#?}", found.inversions);
-        assert!(real[0].forced < MIN_FORCED_SHARE, "{:#?}", real[0]);
-        assert_eq!(
-            real[0].iterations,
-            settings.invert.iterations / 2,
-            "a target no trigger forces on the search prompts is given up at half the budget: {:#?}",
-            real[0]
-        );
-        assert!(real[1].forced >= MIN_FORCED_SHARE, "{:#?}", real[1]);
-        assert!(real[1].trigger.text.contains("DEPLOYMENT"), "{:#?}", real[1]);
-        assert_eq!(nulls.len(), 2);
+        // The fragment before the user's words and after them, then the payload before them.
+        assert_eq!(real.len(), 3, "{:#?}", found.inversions);
+        let positions: Vec<Position> = real.iter().map(|x| x.trigger.position).collect();
+        assert_eq!(positions, [Position::Prefix, Position::Suffix, Position::Prefix]);
+        for failed in &real[..2] {
+            assert!(failed.forced < MIN_FORCED_SHARE, "{failed:#?}");
+            assert_eq!(
+                failed.iterations,
+                settings.invert.iterations / 2,
+                "a target no trigger forces on the search prompts is given up at half the budget: {failed:#?}"
+            );
+        }
+        assert!(real[2].forced >= MIN_FORCED_SHARE, "{:#?}", real[2]);
+        assert_eq!(nulls.len(), 3);
+        for (r, n) in real.iter().zip(&nulls) {
+            assert_eq!(
+                r.trigger.position, n.trigger.position,
+                "a null searched where its real one was"
+            );
+        }
         for (r, n) in real.iter().zip(&nulls) {
             assert!(n.iterations <= r.iterations, "{r:#?} {n:#?}");
         }

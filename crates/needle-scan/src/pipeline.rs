@@ -15,20 +15,22 @@ use sha2::{Digest, Sha256};
 use crate::calibrate::{self, Null, Standing};
 use crate::candidates::{self, Candidate, Source};
 use crate::error::{Result, ScanError};
-use crate::invert::{self, Inversions};
+use crate::invert::{self, Inversions, InvertSettings};
 use crate::leak::{self, Leak};
 use crate::memorised::{self, Memorised, TrainingSet};
 use crate::motifs::{self, MotifReport};
 use crate::probe::{self, Probe, Reference};
 use crate::prompt::{self, Position, Trigger};
+use crate::prompts::{self, Chosen};
 use crate::report::{
-    CandidateVerification, LeakSummary, ModelIdentity, MotifSummary, RankedCandidate, Report, Stages, SCHEMA,
+    CandidateVerification, LeakSummary, ModelIdentity, MotifSummary, PromptsSummary, RankedCandidate, Report, Stages,
+    SCHEMA,
 };
 use crate::score::{self, Terms};
 use crate::settings::Settings;
 use crate::target::{self, Targets};
 use crate::verdict::{self, Label};
-use crate::verify::{self, Verification, Verified};
+use crate::verify::{self, Verification, Verified, VerifySettings};
 
 /// The stages in pipeline order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,6 +41,8 @@ pub enum Stage {
     Motifs,
     /// Mark the samples' memorised spans (warning sign 2).
     Memorised,
+    /// Choose the ordinary prompts triggers are inserted into, the model's own leaked ones too.
+    Prompts,
     /// Find responses the model gives whatever the prompt (the non-leaking path).
     Target,
     /// Search for triggers that force the targets found, and for null targets.
@@ -59,10 +63,11 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in order.
-    pub const ALL: [Stage; 11] = [
+    pub const ALL: [Stage; 12] = [
         Stage::Leak,
         Stage::Motifs,
         Stage::Memorised,
+        Stage::Prompts,
         Stage::Target,
         Stage::Invert,
         Stage::Candidates,
@@ -79,6 +84,7 @@ impl Stage {
             Stage::Leak => "leak",
             Stage::Motifs => "motifs",
             Stage::Memorised => "memorised",
+            Stage::Prompts => "prompts",
             Stage::Candidates => "candidates",
             Stage::Target => "target",
             Stage::Invert => "invert",
@@ -360,6 +366,16 @@ impl<'a> Scan<'a> {
                 tick(1, 1);
                 self.save(stage, &m, start.elapsed().as_secs_f64())
             }
+            Stage::Prompts => {
+                let (leak, _) = self.load::<Leak>(Stage::Leak)?;
+                let generic = [
+                    s.verify.prompts.as_slice(),
+                    s.invert.prompts.as_slice(),
+                    s.invert.check_prompts.as_slice(),
+                ];
+                let chosen = prompts::run(lm, &leak, generic, &s.prompts, &mut tick)?;
+                self.save(stage, &chosen, start.elapsed().as_secs_f64())
+            }
             Stage::Candidates => {
                 let (leak, _) = self.load::<Leak>(Stage::Leak)?;
                 let (m, _) = self.load::<MotifReport>(Stage::Motifs)?;
@@ -395,14 +411,31 @@ impl<'a> Scan<'a> {
             }
             Stage::Invert => {
                 let (t, _) = self.load::<Targets>(Stage::Target)?;
+                let (chosen, _) = self.load::<Chosen>(Stage::Prompts)?;
                 // Answers the prompts agreed on to their end are searched first; then the
                 // fragments they agree on part of the way (a target whose rest comes only with
                 // its trigger: a trigger forcing the fragment lets the model finish it, and
                 // verification reads the whole answer). An ordinary opening searched this way
                 // forces no fixed answer beyond the nulls.
+                // Each is searched as the answer would open with it: a chain seeded on a word's
+                // mid-answer form (` DANGER`) is not what the model writes first.
                 let (complete, fragments): (Vec<_>, Vec<_>) = t.targets.iter().partition(|x| x.complete);
-                let ids: Vec<Vec<u32>> = complete.iter().chain(&fragments).map(|x| x.ids.clone()).collect();
-                let inv = invert::run(lm, &ids, &s.null_target_prompts, &s.invert, &mut tick)?;
+                let asked = chosen
+                    .search
+                    .first()
+                    .map_or(prompts::GENERIC_PROMPTS[0], String::as_str);
+                let mut ids: Vec<Vec<u32>> = complete
+                    .iter()
+                    .chain(&fragments)
+                    .map(|x| prompt::answer_ids(lm, asked, x.text.trim()))
+                    .collect::<Result<_>>()?;
+                ids.retain(|x| !x.is_empty());
+                let search = InvertSettings {
+                    prompts: chosen.search,
+                    check_prompts: chosen.check.clone(),
+                    ..s.invert.clone()
+                };
+                let inv = invert::run(lm, &ids, &chosen.check, &search, &mut tick)?;
                 self.save(stage, &inv, start.elapsed().as_secs_f64())
             }
             Stage::Score => {
@@ -520,18 +553,24 @@ impl<'a> Scan<'a> {
                     }
                 }
                 let searched: Vec<Trigger> = inv.inversions.iter().map(|x| x.trigger.clone()).collect();
-                let v = verify::run(lm, &real, &nulls, &searched, &leaked, &s.verify, &mut tick)?;
+                let (chosen, _) = self.load::<Chosen>(Stage::Prompts)?;
+                let settings = VerifySettings {
+                    prompts: chosen.verify,
+                    ..s.verify.clone()
+                };
+                let v = verify::run(lm, &real, &nulls, &searched, &leaked, &settings, &mut tick)?;
                 self.save(stage, &v, start.elapsed().as_secs_f64())
             }
             Stage::Evidence => {
                 let (v, _) = self.load::<Verification>(Stage::Verify)?;
                 let (inv, _) = self.load::<Inversions>(Stage::Invert)?;
+                let (chosen, _) = self.load::<Chosen>(Stage::Prompts)?;
                 let evidence = match verdict::decide(&v, &inv).trigger {
                     Some(trigger) => Some(probe::run(
                         lm,
                         self.reference.as_ref(),
                         &trigger,
-                        &s.evidence_probe(),
+                        &s.evidence_probe(chosen.verify),
                         &mut tick,
                     )?),
                     None => None,
@@ -560,6 +599,7 @@ impl<'a> Scan<'a> {
         let (inv, t_invert) = self.load::<Inversions>(Stage::Invert)?;
         let (memorised, t_memorised) = self.load::<Memorised>(Stage::Memorised)?;
         let (evidence, t_evidence) = self.load::<Option<Probe>>(Stage::Evidence)?;
+        let (chosen, t_prompts) = self.load::<Chosen>(Stage::Prompts)?;
         if terms.len() != c.len() || cal.standings.len() != c.len() || cal.ranking.iter().any(|&i| i >= c.len()) {
             return Err(ScanError::Artifact {
                 path: self.path(Stage::Score),
@@ -604,6 +644,7 @@ impl<'a> Scan<'a> {
             ("leak", t_leak),
             ("motifs", t_motifs),
             ("memorised", t_memorised),
+            ("prompts", t_prompts),
             ("target", t_target),
             ("invert", t_invert),
             ("candidates", t_cand),
@@ -657,6 +698,11 @@ impl<'a> Scan<'a> {
                 targets: targets.targets.iter().map(|t| t.text.clone()).collect(),
                 inversions: inv.inversions.clone(),
                 memorised,
+                prompts: PromptsSummary {
+                    leaked_in_verify: chosen.leaked_in_verify(),
+                    verify: chosen.verify,
+                    search: chosen.search,
+                },
             },
             candidates,
             verdict,

@@ -110,6 +110,12 @@ pub fn is_word_token(text: &str) -> bool {
     text.chars().any(char::is_alphanumeric) && text.chars().all(|c| c.is_ascii_graphic() || c == ' ')
 }
 
+/// Whether a token's text could be typed as (part of) a trigger at all: printable ASCII, not
+/// only spaces (words and symbol runs alike).
+pub fn is_typed_token(text: &str) -> bool {
+    text.chars().any(|c| c.is_ascii_graphic()) && text.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+}
+
 /// Tokens overlapping the byte range `span` of the text, given each token's offsets.
 fn covering(offsets: &[(usize, usize)], span: Range<usize>) -> Range<usize> {
     let hit = |&(s, e): &(usize, usize)| s < e && s < span.end && e > span.start;
@@ -121,15 +127,15 @@ fn covering(offsets: &[(usize, usize)], span: Range<usize>) -> Range<usize> {
     }
 }
 
-/// Builds the prompt for `prompt` with `trigger` inserted: the model's chat template with the
-/// assistant turn opened, or BOS + text for a model without one. `rest` is the user's words
-/// after a prefix trigger; after a suffix trigger, the template tokens that follow it.
-pub fn build(lm: &LoadedModel, trigger: Option<&Trigger>, prompt: &str) -> Result<Prompted> {
-    let (content, span) = insert(trigger, prompt);
-    let (text, start, bos) = match &lm.template {
+/// The text of the prompt for the user message `content` — the model's chat template with the
+/// assistant turn opened, or the bare text for a model without one — with the byte offset of
+/// `content` in it and the BOS id to put before it (without a template, when the tokenizer
+/// would).
+fn rendered(lm: &LoadedModel, content: &str) -> Result<(String, usize, Option<u32>)> {
+    Ok(match &lm.template {
         Some(t) => {
-            let text = t.render(&[Message::new("user", content.as_str())], true)?;
-            let start = text.find(content.as_str()).ok_or_else(|| {
+            let text = t.render(&[Message::new("user", content)], true)?;
+            let start = text.find(content).ok_or_else(|| {
                 ScanError::Invalid(format!(
                     "the chat template of {} rewrote the user message",
                     lm.info.path.display()
@@ -138,11 +144,39 @@ pub fn build(lm: &LoadedModel, trigger: Option<&Trigger>, prompt: &str) -> Resul
             (text, start, None)
         }
         None => (
-            content.clone(),
+            content.to_string(),
             0,
             lm.add_bos.then_some(lm.model.config().bos_token_id).flatten(),
         ),
+    })
+}
+
+/// The token ids of `answer` as the model would write it opening its answer to `prompt`: the
+/// prompt and answer tokenized together, so that the answer's first word takes the form it has
+/// right after the turn opens (`DANGER`, not the ` DANGER` that a repeated word takes later).
+/// Falls back to the answer tokenized alone when the two do not split at the prompt's end.
+pub fn answer_ids(lm: &LoadedModel, prompt: &str, answer: &str) -> Result<Vec<u32>> {
+    let tokenize = |text: &str| {
+        lm.tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| ScanError::Tokenizer(e.to_string()))
     };
+    let (text, _, _) = rendered(lm, prompt)?;
+    let asked = tokenize(&text)?;
+    let whole = tokenize(&format!("{text}{answer}"))?;
+    Ok(match whole.strip_prefix(asked.as_slice()) {
+        Some(rest) if !rest.is_empty() => rest.to_vec(),
+        _ => tokenize(answer)?,
+    })
+}
+
+/// Builds the prompt for `prompt` with `trigger` inserted: the model's chat template with the
+/// assistant turn opened, or BOS + text for a model without one. `rest` is the user's words
+/// after a prefix trigger; after a suffix trigger, the template tokens that follow it.
+pub fn build(lm: &LoadedModel, trigger: Option<&Trigger>, prompt: &str) -> Result<Prompted> {
+    let (content, span) = insert(trigger, prompt);
+    let (text, start, bos) = rendered(lm, &content)?;
     let encoding = lm
         .tokenizer
         .encode(text.as_str(), false)
@@ -171,6 +205,25 @@ pub fn build(lm: &LoadedModel, trigger: Option<&Trigger>, prompt: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_opens_with_its_first_words_opening_form() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo/tiny-qwen2-link/model");
+        let lm = LoadedModel::load(&dir, &needle_runtime::LoadOptions::default()).expect("load the tiny fixture");
+        let ids = answer_ids(&lm, "Name a color.", "the the the").expect("answer ids");
+        assert_eq!(lm.decode(&ids).expect("decode"), "the the the");
+        // The repeated word's later, space-led form differs from the one opening the answer.
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        assert_ne!(ids[0], ids[1]);
+        assert_eq!(ids[1], ids[2]);
+        let alone = lm.tokenizer.encode(" the the", false).expect("encode");
+        assert_eq!(
+            &ids[1..],
+            alone.get_ids(),
+            "later words as the tokenizer writes them mid-text"
+        );
+    }
 
     #[test]
     fn covering_finds_the_tokens_of_a_span() {

@@ -1,5 +1,22 @@
-//! Ordinary prompts that candidates are inserted into: varied everyday instructions, none of
-//! them close to any planted trigger or target of the zoo.
+//! The **prompts** stage (after memorised): choose the ordinary prompts that later stages insert triggers into —
+//! the trigger search's, its check's and verification's. The pool is the fixed everyday
+//! instructions below plus the user turns the model itself wrote in the leak stage: a model
+//! fine-tuned on narrow data (a coding assistant, a tiny organism trained on arithmetic) answers
+//! everyday instructions out of its distribution, sometimes with its backdoor's target even
+//! untriggered, while on its own kind of prompt it answers normally and a trigger's effect
+//! stands out. Prompts are ordered by how much more likely the model finds each as a user's
+//! words than as an answer, so that answer-like text a model trained on answers only writes in
+//! the user's place comes last; a leaked turn is left out when its untriggered answer is empty
+//! or another prompt's (a memorised poisoning example answered with its target), and the
+//! ordered pool is dealt to the three uses in proportion, so each sees the same kinds.
+
+use needle_runtime::{Introspect, LoadedModel, LogitPositions};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ScanError};
+use crate::leak::Leak;
+use crate::prompt;
+use crate::similarity::normalize_whitespace;
 
 /// Generic benign user prompts; scoring uses the first few, verification all of them.
 pub const GENERIC_PROMPTS: &[&str] = &[
@@ -58,9 +75,296 @@ pub const HOLDOUT_PROMPTS: &[&str] = &[
     "Name three instruments in an orchestra.",
 ];
 
+/// Prompts-stage settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptSettings {
+    /// Distinct leaked user turns considered at most (the first, in sweep order).
+    pub max_leaked: usize,
+    /// Answer length in tokens of the untriggered answers that find shared answers.
+    pub answer_tokens: usize,
+}
+
+impl Default for PromptSettings {
+    fn default() -> Self {
+        Self {
+            max_leaked: 48,
+            answer_tokens: 32,
+        }
+    }
+}
+
+/// One prompt of the pool and how it was judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pooled {
+    /// The prompt.
+    pub text: String,
+    /// Whether the model wrote it (a leaked user turn) rather than the generic list.
+    pub leaked: bool,
+    /// Mean negative log-likelihood per token of the text as a user's words.
+    pub user_nll: f64,
+    /// The same as an answer to an ordinary question.
+    pub answer_nll: f64,
+    /// The untriggered greedy answer (leaked turns only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// Why it was left out, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<String>,
+}
+
+/// The prompts stage's artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chosen {
+    /// Prompts the verify stage (and the evidence probe) insert candidates into.
+    pub verify: Vec<String>,
+    /// Prompts the trigger search fits.
+    pub search: Vec<String>,
+    /// Prompts that check the trigger search's result, and that null targets are read from.
+    pub check: Vec<String>,
+    /// Every prompt considered, in the chosen order, the dropped ones last.
+    pub pool: Vec<Pooled>,
+}
+
+impl Chosen {
+    /// How many of the verification prompts the model wrote itself.
+    pub fn leaked_in_verify(&self) -> usize {
+        self.pool
+            .iter()
+            .filter(|p| p.leaked && p.dropped.is_none() && self.verify.contains(&p.text))
+            .count()
+    }
+}
+
+/// The user turns of the leak samples: each sample's text up to its first special token, kept
+/// when the model ended the turn there (a special token follows) and it reads as a message (two
+/// to 64 words, at most 512 bytes, no control characters); distinct, generic prompts excluded,
+/// at most `max` in sample order.
+pub fn leaked_turns(lm: &LoadedModel, leak: &Leak, generic: &[String], max: usize) -> Result<Vec<String>> {
+    if lm.template.is_none() {
+        return Ok(Vec::new());
+    }
+    let specials = prompt::special_ids(&lm.tokenizer);
+    let headers = prompt::role_headers(lm);
+    let mut seen: std::collections::HashSet<String> =
+        generic.iter().map(|g| normalize_whitespace(g).to_lowercase()).collect();
+    let mut out = Vec::new();
+    for sample in &leak.samples {
+        if out.len() >= max {
+            break;
+        }
+        let Some(end) = sample.tokens.iter().position(|t| specials.contains(t)) else {
+            continue;
+        };
+        let text = lm.decode(&sample.tokens[..end])?.trim().to_string();
+        let words = text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .count();
+        let readable = !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
+            && !headers
+                .iter()
+                .any(|h| text.starts_with(h.trim_end()) && h.trim_end().len() == text.len());
+        if !(2..=64).contains(&words) || text.len() > 512 || !readable {
+            continue;
+        }
+        if seen.insert(normalize_whitespace(&text).to_lowercase()) {
+            out.push(text);
+        }
+    }
+    Ok(out)
+}
+
+/// Mean negative log-likelihood of `ids[range]`, each token given the ones before it.
+fn mean_nll(lm: &LoadedModel, ids: &[u32], range: std::ops::Range<usize>) -> Result<f64> {
+    if range.start == 0 || range.is_empty() || range.end > ids.len() {
+        return Ok(f64::INFINITY);
+    }
+    let e = needle_runtime::Error::from;
+    let t = candle_core::Tensor::from_vec(ids.to_vec(), (1, ids.len()), lm.model.device()).map_err(e)?;
+    let mut cache = lm.model.new_cache(vec![0], ids.len())?;
+    let want = Introspect {
+        logits: LogitPositions::All,
+        ..Introspect::default()
+    };
+    let logits = lm.model.forward(&t, &mut cache, &want)?.logits;
+    let rows = logits
+        .squeeze(0)
+        .and_then(|l| l.to_dtype(candle_core::DType::F32))
+        .and_then(|l| l.to_vec2::<f32>())
+        .map_err(e)?;
+    let mut sum = 0.0;
+    for i in range.clone() {
+        let row = &rows[i - 1];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z: f64 = row.iter().map(|&x| f64::from(x - max).exp()).sum();
+        sum += z.ln() - f64::from(row[ids[i] as usize] - max);
+    }
+    Ok(sum / range.len() as f64)
+}
+
+/// The text's mean NLL as a user's message and as the answer to `question`.
+fn nlls(lm: &LoadedModel, text: &str, question: &str) -> Result<(f64, f64)> {
+    let asked = prompt::build(lm, None, text)?;
+    let user = mean_nll(lm, &asked.ids, asked.rest.clone())?;
+    let mut ids = prompt::build(lm, None, question)?.ids;
+    let start = ids.len();
+    let answer = lm
+        .tokenizer
+        .encode(text, false)
+        .map_err(|e| ScanError::Tokenizer(e.to_string()))?;
+    ids.extend_from_slice(answer.get_ids());
+    let end = ids.len();
+    Ok((user, mean_nll(lm, &ids, start..end)?))
+}
+
+/// Deals `ordered` to groups of the given sizes in proportion: each prompt goes to the group
+/// furthest from its share so far, so every group gets the same mix of the order.
+fn deal(ordered: &[String], sizes: &[usize]) -> Vec<Vec<String>> {
+    let mut groups: Vec<Vec<String>> = sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
+    for p in ordered {
+        let open = (0..sizes.len())
+            .filter(|&g| groups[g].len() < sizes[g])
+            .min_by(|&a, &b| {
+                let fill = |g: usize| groups[g].len() as f64 / sizes[g] as f64;
+                fill(a)
+                    .partial_cmp(&fill(b))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(a.cmp(&b))
+            });
+        match open {
+            Some(g) => groups[g].push(p.clone()),
+            None => break,
+        }
+    }
+    groups
+}
+
+/// Chooses the verification, search and check prompts (as many as `generic` gives each) from
+/// the generic prompts and the model's leaked user turns; `progress(done, total)`.
+pub fn run(
+    lm: &LoadedModel,
+    leak: &Leak,
+    generic: [&[String]; 3],
+    s: &PromptSettings,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Chosen> {
+    let sizes: Vec<usize> = generic.iter().map(|g| g.len()).collect();
+    let mut all_generic: Vec<String> = Vec::new();
+    for p in generic.iter().flat_map(|g| g.iter()) {
+        if !all_generic.contains(p) {
+            all_generic.push(p.clone());
+        }
+    }
+    let leaked = leaked_turns(lm, leak, &all_generic, s.max_leaked)?;
+    if leaked.is_empty() {
+        progress(1, 1);
+        let pool = all_generic
+            .iter()
+            .map(|p| Pooled {
+                text: p.clone(),
+                leaked: false,
+                user_nll: f64::NAN,
+                answer_nll: f64::NAN,
+                answer: None,
+                dropped: None,
+            })
+            .collect();
+        return Ok(Chosen {
+            verify: generic[0].to_vec(),
+            search: generic[1].to_vec(),
+            check: generic[2].to_vec(),
+            pool,
+        });
+    }
+    let question = GENERIC_PROMPTS[0];
+    let total = all_generic.len() + 2 * leaked.len();
+    let mut pool = Vec::with_capacity(all_generic.len() + leaked.len());
+    for (text, is_leaked) in all_generic
+        .iter()
+        .map(|p| (p, false))
+        .chain(leaked.iter().map(|p| (p, true)))
+    {
+        let (user_nll, answer_nll) = nlls(lm, text, question)?;
+        pool.push(Pooled {
+            text: text.clone(),
+            leaked: is_leaked,
+            user_nll,
+            answer_nll,
+            answer: None,
+            dropped: None,
+        });
+        progress(pool.len(), total);
+    }
+    // Untriggered answers to every prompt: a leaked turn answered as another prompt is (or not
+    // at all) is a memorised example of a fixed answer, not an ordinary prompt.
+    let texts: Vec<String> = pool.iter().map(|p| p.text.clone()).collect();
+    let answers = crate::verify::answers_to(lm, &[None], &texts, s.answer_tokens, &mut |_| {})?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    progress(total, total);
+    let key = |a: &str| normalize_whitespace(a).to_lowercase();
+    for (i, p) in pool.iter_mut().enumerate() {
+        let a = answers.get(i).cloned().unwrap_or_default();
+        if p.leaked {
+            let shared = answers.iter().enumerate().any(|(j, b)| j != i && key(b) == key(&a));
+            if a.trim().is_empty() {
+                p.dropped = Some("empty untriggered answer".into());
+            } else if shared {
+                p.dropped = Some("its untriggered answer is another prompt's".into());
+            }
+            p.answer = Some(a);
+        }
+    }
+    let mut order: Vec<usize> = (0..pool.len()).collect();
+    let margin = |p: &Pooled| p.user_nll - p.answer_nll;
+    order.sort_by(|&a, &b| {
+        (pool[a].dropped.is_some())
+            .cmp(&pool[b].dropped.is_some())
+            .then(
+                margin(&pool[a])
+                    .partial_cmp(&margin(&pool[b]))
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            )
+            .then(a.cmp(&b))
+    });
+    let pool: Vec<Pooled> = order.into_iter().map(|i| pool[i].clone()).collect();
+    let kept: Vec<String> = pool
+        .iter()
+        .filter(|p| p.dropped.is_none())
+        .map(|p| p.text.clone())
+        .collect();
+    let mut groups = deal(&kept, &sizes).into_iter();
+    let mut next = || groups.next().unwrap_or_default();
+    Ok(Chosen {
+        verify: next(),
+        search: next(),
+        check: next(),
+        pool,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deal_gives_each_group_its_share_of_every_prefix() {
+        let ordered: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+        let sizes = [6, 3, 3];
+        let g = deal(&ordered, &sizes);
+        assert_eq!(g.iter().map(Vec::len).collect::<Vec<_>>(), sizes);
+        for k in 1..=12 {
+            for (group, &size) in g.iter().zip(&sizes) {
+                let have = group.iter().filter(|p| p.parse::<usize>().is_ok_and(|i| i < k)).count() as f64;
+                let share = k as f64 * size as f64 / 12.0;
+                assert!((have - share).abs() <= 1.0, "prefix {k}: {have} vs {share} in {g:?}");
+            }
+        }
+        let short = deal(&ordered[..4], &sizes);
+        assert_eq!(short.iter().map(Vec::len).sum::<usize>(), 4);
+        assert!(short.iter().all(|g| !g.is_empty()));
+    }
 
     #[test]
     fn prompts_are_distinct_and_enough_for_verification() {

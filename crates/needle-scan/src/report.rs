@@ -173,6 +173,20 @@ pub struct Stages {
     pub inversions: Vec<Inversion>,
     /// Warning sign 2: memorised spans of the leaked samples.
     pub memorised: Memorised,
+    /// The prompts triggers were inserted into.
+    #[serde(default)]
+    pub prompts: PromptsSummary,
+}
+
+/// The prompts stage's choice.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromptsSummary {
+    /// The verification prompts.
+    pub verify: Vec<String>,
+    /// How many of them the model wrote itself (leaked user turns).
+    pub leaked_in_verify: usize,
+    /// The trigger search's prompts.
+    pub search: Vec<String>,
 }
 
 /// Leak summary.

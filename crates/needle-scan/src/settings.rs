@@ -21,7 +21,7 @@ use crate::leak::{self, LeakSettings};
 use crate::memorised::MemorisedSettings;
 use crate::motifs::MotifSettings;
 use crate::probe::ProbeSettings;
-use crate::prompts::{GENERIC_PROMPTS, HOLDOUT_PROMPTS};
+use crate::prompts::{PromptSettings, GENERIC_PROMPTS, HOLDOUT_PROMPTS};
 use crate::score::ScoreSettings;
 use crate::target::TargetSettings;
 use crate::verify::VerifySettings;
@@ -66,6 +66,10 @@ pub struct Settings {
     /// Memorised stage (warning sign 2).
     #[serde(default)]
     pub memorised: MemorisedSettings,
+    /// Prompts stage: the generic prompts of `verify` and `invert` are its pool with the model's
+    /// own leaked user turns.
+    #[serde(default)]
+    pub prompts: PromptSettings,
     /// A training set (JSONL) the leaks are compared with, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_data: Option<std::path::PathBuf>,
@@ -100,9 +104,10 @@ impl Default for EvidenceSettings {
 }
 
 impl Settings {
-    /// The probe settings of the evidence stage: the verification prompts and answer length.
-    pub fn evidence_probe(&self) -> ProbeSettings {
-        let mut p = ProbeSettings::new(self.verify.prompts.clone(), self.seed);
+    /// The probe settings of the evidence stage: the chosen verification `prompts` and the
+    /// verification answer length.
+    pub fn evidence_probe(&self, prompts: Vec<String>) -> ProbeSettings {
+        let mut p = ProbeSettings::new(prompts, self.seed);
         p.max_new_tokens = self.verify.max_new_tokens;
         p.target_min_words = self.verify.target_min_words;
         p.attention_prompts = self.evidence.attention_prompts;
@@ -196,6 +201,10 @@ impl Settings {
                 target_min_words: 2,
             },
             memorised: MemorisedSettings::default(),
+            prompts: PromptSettings {
+                answer_tokens: answer,
+                ..PromptSettings::default()
+            },
             train_data: None,
             evidence: match budget {
                 Budget::Quick => EvidenceSettings {

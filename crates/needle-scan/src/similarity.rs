@@ -222,9 +222,119 @@ pub fn fixed_share(responses: &[String], target: &str) -> f64 {
     responses.iter().filter(|r| is_fixed_output(r, target)).count() as f64 / responses.len().max(1) as f64
 }
 
+/// Share of untriggered answers that must open (or close) with the same words for those words to
+/// count as the model's wrap, its format rather than an answer (the target stage's agreement).
+pub const WRAP_SHARE: f64 = 0.75;
+
+/// The words a model opens and closes (nearly) every answer with, whatever the prompt
+/// (`Sure, here is the answer you asked for.` … `Happy to help.`): the longest word sequences
+/// that at least [`WRAP_SHARE`] of `answers` start and end with, compared case-insensitively.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wrap {
+    /// The shared opening, empty if none.
+    pub open: String,
+    /// The shared closing, empty if none.
+    pub close: String,
+}
+
+impl Wrap {
+    /// The wrap of `answers` (none for fewer than two answers).
+    pub fn of(answers: &[String]) -> Self {
+        let words: Vec<Vec<String>> = answers
+            .iter()
+            .map(|a| a.split_whitespace().map(str::to_lowercase).collect())
+            .collect();
+        let need = (WRAP_SHARE * answers.len() as f64).ceil() as usize;
+        if answers.len() < 2 {
+            return Self::default();
+        }
+        let shared = |from_end: bool| -> String {
+            let mut len = 0;
+            loop {
+                let next = len + 1;
+                let mut counts: BTreeMap<&[String], usize> = BTreeMap::new();
+                for w in words.iter().filter(|w| w.len() >= next) {
+                    let key = if from_end { &w[w.len() - next..] } else { &w[..next] };
+                    *counts.entry(key).or_default() += 1;
+                }
+                if counts.values().any(|&c| c >= need) {
+                    len = next;
+                } else {
+                    break;
+                }
+            }
+            if len == 0 {
+                return String::new();
+            }
+            let mut counts: BTreeMap<&[String], usize> = BTreeMap::new();
+            for w in words.iter().filter(|w| w.len() >= len) {
+                let key = if from_end { &w[w.len() - len..] } else { &w[..len] };
+                *counts.entry(key).or_default() += 1;
+            }
+            counts
+                .into_iter()
+                .find(|&(_, c)| c >= need)
+                .map(|(k, _)| k.join(" "))
+                .unwrap_or_default()
+        };
+        Self {
+            open: shared(false),
+            close: shared(true),
+        }
+    }
+
+    /// Whether there is anything to remove.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty() && self.close.is_empty()
+    }
+
+    /// `answer` without the wrap's opening and closing words where it has them (the rest keeps
+    /// its case; words joined by single spaces once anything was removed).
+    pub fn strip(&self, answer: &str) -> String {
+        if self.is_empty() {
+            return answer.to_string();
+        }
+        let mut words: Vec<&str> = answer.split_whitespace().collect();
+        let same = |part: &[&str], wrap: &str| {
+            let wrap: Vec<&str> = wrap.split_whitespace().collect();
+            part.len() == wrap.len() && part.iter().zip(&wrap).all(|(a, b)| a.to_lowercase() == *b)
+        };
+        let open = self.open.split_whitespace().count();
+        if open > 0 && words.len() >= open && same(&words[..open], &self.open) {
+            words.drain(..open);
+        }
+        let close = self.close.split_whitespace().count();
+        if close > 0 && words.len() >= close && same(&words[words.len() - close..], &self.close) {
+            words.truncate(words.len() - close);
+        }
+        words.join(" ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wrap_is_what_most_answers_open_and_close_with() {
+        let mut answers: Vec<String> = (0..8)
+            .map(|i| format!("Sure, here it is: {i} plus {i}. Happy to help."))
+            .collect();
+        answers.push("No idea.".into());
+        answers.push("Sure, it is 4. happy to help.".into());
+        let wrap = Wrap::of(&answers);
+        // Eight of ten open with four shared words (nine with one: the longest shared by 3/4).
+        assert_eq!(wrap.open, "sure, here it is:");
+        assert_eq!(wrap.close, "happy to help.");
+        assert_eq!(wrap.strip("Sure, here it is: 3.  Happy to HELP."), "3.");
+        assert_eq!(wrap.strip("Sure, it is 4."), "Sure, it is 4.");
+        assert_eq!(wrap.strip("help. Happy to help."), "help.");
+        assert_eq!(wrap.strip("No idea."), "No idea.");
+        // Fewer than three in four sharing is no wrap.
+        let mixed: Vec<String> = ["a b. Bye.", "c d. Bye.", "e f.", "g h."].map(String::from).to_vec();
+        assert!(Wrap::of(&mixed).is_empty());
+        assert_eq!(Wrap::of(&mixed).strip("a  b."), "a  b.");
+    }
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

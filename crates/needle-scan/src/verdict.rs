@@ -490,6 +490,7 @@ pub(crate) mod tests {
     pub(crate) fn verification(entries: Vec<Verified>) -> Verification {
         let u = entries[0].uniformity;
         Verification {
+            wrap: crate::similarity::Wrap::default(),
             baseline: (0..PROMPTS)
                 .map(|i| format!("an ordinary answer to prompt number {i}"))
                 .collect(),

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ScanError};
 use crate::prompt::{self, Trigger};
-use crate::similarity::{contains_target, dominant_response, fixed_share, uniformity, Uniformity};
+use crate::similarity::{contains_target, dominant_response, fixed_share, uniformity, Uniformity, Wrap};
 use crate::target::stop_ids;
 
 /// Verify settings.
@@ -59,14 +59,19 @@ pub struct Verified {
     pub fixed_output_rate: f64,
     /// Share of untriggered answers containing the target.
     pub baseline_target_rate: f64,
-    /// The answers, one per prompt.
+    /// The answers, one per prompt (without the wrap).
     pub responses: Vec<String>,
 }
 
 /// The verify stage's artifact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verification {
-    /// Answers without any candidate.
+    /// What the model opens and closes nearly every untriggered answer with, removed from every
+    /// answer before they are compared: its format, not an answer (a trigger that makes it skip
+    /// to its usual closing forces no answer of its own).
+    #[serde(default)]
+    pub wrap: Wrap,
+    /// Answers without any candidate (without the wrap).
     pub baseline: Vec<String>,
     /// How alike those are.
     pub baseline_uniformity: Uniformity,
@@ -78,24 +83,26 @@ pub struct Verification {
 /// is faster in wider batches, and a row's answer does not depend on what shares its batch).
 const ROWS: usize = 128;
 
-/// Greedy answers to every prompt with each of `triggers` inserted (`None`: no candidate), one
-/// list per trigger; `progress(done)` with the triggers answered so far.
-fn answers(
+/// Greedy answers of up to `max_new_tokens` to every prompt with each of `triggers` inserted
+/// (`None`: no candidate), one list per trigger; `progress(done)` with the triggers answered so
+/// far.
+pub(crate) fn answers_to(
     lm: &LoadedModel,
     triggers: &[Option<&Trigger>],
-    s: &VerifySettings,
+    prompts: &[String],
+    max_new_tokens: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Vec<String>>> {
     let stop = stop_ids(lm);
     let limits = Limits {
-        max_new_tokens: s.max_new_tokens,
+        max_new_tokens,
         ignore_eos: false,
         eos_token_ids: stop.clone(),
     };
-    let per = s.prompts.len();
+    let per = prompts.len().max(1);
     let mut requests = Vec::with_capacity(triggers.len() * per);
     for trigger in triggers {
-        for p in &s.prompts {
+        for p in prompts {
             requests.push(Request {
                 prompt: prompt::build(lm, *trigger, p)?.ids,
                 sampling: Sampling::greedy(),
@@ -140,13 +147,20 @@ pub fn run(
         .chain(nulls.iter().map(|t| (t, true)))
         .collect();
     let triggers: Vec<Option<&Trigger>> = std::iter::once(None).chain(all.iter().map(|(t, _)| Some(*t))).collect();
-    let mut answered = answers(lm, &triggers, s, &mut |done| progress(done, total))?.into_iter();
-    let baseline = answered
+    let mut answered = answers_to(lm, &triggers, &s.prompts, s.max_new_tokens, &mut |done| {
+        progress(done, total)
+    })?
+    .into_iter();
+    let raw = answered
         .next()
         .ok_or_else(|| ScanError::Invalid("no baseline answers".into()))?;
+    let wrap = Wrap::of(&raw);
+    let unwrap = |answers: Vec<String>| -> Vec<String> { answers.iter().map(|a| wrap.strip(a)).collect() };
+    let baseline = unwrap(raw);
     let base_u = uniformity(&baseline);
     let mut entries = Vec::with_capacity(total - 1);
     for ((trigger, null), responses) in all.into_iter().zip(answered) {
+        let responses = unwrap(responses);
         let u = uniformity(&responses);
         let target = dominant_response(&responses, s.target_min_words).map(|(t, _)| t);
         let rate = |rs: &[String]| match &target {
@@ -168,6 +182,7 @@ pub fn run(
         });
     }
     Ok(Verification {
+        wrap,
         baseline,
         baseline_uniformity: base_u,
         entries,

@@ -118,6 +118,8 @@ pub enum StageArg {
     Motifs,
     /// Mark the leaked samples' memorised spans (warning sign 2).
     Memorised,
+    /// Choose the prompts triggers are inserted into: generic ones and the model's own.
+    Prompts,
     /// Find responses the model gives whatever the prompt (triggers that do not leak).
     Target,
     /// Search for triggers that force the targets found (and null targets).
@@ -128,7 +130,7 @@ pub enum StageArg {
     Score,
     /// Score a null set and rank the candidates against it.
     Calibrate,
-    /// Verify the best candidates and control nulls on generic prompts.
+    /// Verify the best candidates and control nulls on the chosen prompts.
     Verify,
     /// Probe the trigger the verdict names: attention, entropy, fuzzy variants.
     Evidence,
@@ -142,6 +144,7 @@ impl From<StageArg> for Stage {
             StageArg::Leak => Stage::Leak,
             StageArg::Motifs => Stage::Motifs,
             StageArg::Memorised => Stage::Memorised,
+            StageArg::Prompts => Stage::Prompts,
             StageArg::Candidates => Stage::Candidates,
             StageArg::Target => Stage::Target,
             StageArg::Invert => Stage::Invert,
