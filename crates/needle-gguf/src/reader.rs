@@ -48,6 +48,12 @@ pub enum GgufError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// The path is a directory, FIFO, device or socket, which needle never opens.
+    #[error("{}: not a regular file (a directory, FIFO, device or socket); refusing to read it", path.display())]
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+    },
     /// The file has no bytes at all.
     #[error("{}: the file is empty (0 bytes); expected a GGUF model file", path.display())]
     Empty {
@@ -398,6 +404,13 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         };
+        // Opening a FIFO would block until a writer appears: only regular files are opened.
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if !meta.is_file() {
+            return Err(GgufError::NotRegular {
+                path: path.to_path_buf(),
+            });
+        }
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len == 0 {

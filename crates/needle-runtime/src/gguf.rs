@@ -234,6 +234,7 @@ pub fn weights(file: &GgufFile, cfg: &ModelConfig) -> Result<Weights> {
 
 /// Opens a GGUF file and reads its config and weights.
 pub fn load(path: &Path) -> Result<(GgufFile, ModelConfig, Weights)> {
+    crate::files::regular(path)?;
     let file = GgufFile::open(path)?;
     let cfg = config(&file)?;
     let w = weights(&file, &cfg)?;

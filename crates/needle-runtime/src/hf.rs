@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{Activation, Arch, LayerAttention, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
+use crate::files;
 use crate::weights::Weights;
 
 /// Largest JSON / text side file read into memory (tokenizer configs can reach a few MiB).
@@ -50,7 +51,7 @@ pub fn resolve_model_dir(path: &Path) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     let refs_main = path.join("refs").join("main");
-    if refs_main.is_file() {
+    if files::present(&refs_main) {
         let rev = read_text(&refs_main)?;
         let rev = rev.trim();
         if !is_plain_name(rev) {
@@ -703,9 +704,9 @@ pub fn load_weights(path: &Path, config: &ModelConfig) -> Result<Weights> {
     } else {
         let index = path.join("model.safetensors.index.json");
         let single = path.join("model.safetensors");
-        if index.is_file() {
+        if files::present(&index) {
             load_sharded(path, &index, &mut tensors)?;
-        } else if single.is_file() {
+        } else if files::present(&single) {
             read_safetensors(&single, None, &mut tensors)?;
         } else {
             return Err(no_weights_error(path));
@@ -808,7 +809,7 @@ fn load_sharded(dir: &Path, index: &Path, out: &mut HashMap<String, Tensor>) -> 
     }
     for shard in shards.keys() {
         let p = dir.join(shard);
-        if !p.is_file() {
+        if !files::present(&p) {
             return Err(Error::Format {
                 path: index.to_path_buf(),
                 msg: format!("lists shard {shard}, but {} does not exist", p.display()),
@@ -841,6 +842,7 @@ fn load_sharded(dir: &Path, index: &Path, out: &mut HashMap<String, Tensor>) -> 
 /// Maps a safetensors file's bytes into memory and validates its header, naming the file in
 /// any error.
 pub(crate) fn map_safetensors(path: &Path) -> Result<memmap2::Mmap> {
+    files::regular(path)?;
     let file = File::open(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -981,7 +983,7 @@ pub struct HfTokenizerFiles {
 /// Loads `tokenizer.json`, the chat template and the special token texts of a model directory.
 pub fn load_tokenizer(dir: &Path) -> Result<HfTokenizerFiles> {
     let tok_path = dir.join("tokenizer.json");
-    if !tok_path.is_file() {
+    if !files::present(&tok_path) {
         let slow = dir.join("tokenizer.model");
         let msg = if slow.is_file() {
             "missing; only a slow SentencePiece tokenizer.model is present, which needle does not support: save a fast tokenizer (tokenizer.json) with transformers first"
@@ -993,13 +995,14 @@ pub fn load_tokenizer(dir: &Path) -> Result<HfTokenizerFiles> {
             msg: msg.into(),
         });
     }
+    files::regular(&tok_path)?;
     let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::Format {
         path: tok_path.clone(),
         msg: format!("invalid tokenizer: {}", one_line(&e.to_string())),
     })?;
 
     let cfg_path = dir.join("tokenizer_config.json");
-    let cfg = if cfg_path.is_file() {
+    let cfg = if files::present(&cfg_path) {
         read_json_object(&cfg_path)?
     } else {
         Map::new()
@@ -1008,11 +1011,11 @@ pub fn load_tokenizer(dir: &Path) -> Result<HfTokenizerFiles> {
 
     let jinja = dir.join("chat_template.jinja");
     let json_template = dir.join("chat_template.json");
-    let chat_template = if jinja.is_file() {
+    let chat_template = if files::present(&jinja) {
         Some(read_text(&jinja)?)
     } else if let Some(t) = chat_template_value(cfg.get("chat_template"), &cfg_path)? {
         Some(t)
-    } else if json_template.is_file() {
+    } else if files::present(&json_template) {
         let obj = read_json_object(&json_template)?;
         chat_template_value(obj.get("chat_template"), &json_template)?
     } else {
@@ -1089,7 +1092,7 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
         path: path.to_path_buf(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(io)?.len();
+    let len = files::regular(path)?;
     if len > MAX_TEXT_FILE_BYTES {
         return Err(Error::Format {
             path: path.to_path_buf(),

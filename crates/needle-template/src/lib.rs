@@ -205,10 +205,7 @@ impl ChatTemplate {
 
     /// Reads and compiles a template file (`.jinja` text, as HF saves `chat_template.jinja`).
     pub fn from_file(path: &Path, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self, TemplateError> {
-        let source = std::fs::read_to_string(path).map_err(|e| TemplateError::Read {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let source = read_file(path)?;
         Self::with_origin(&source, bos_token, eos_token, path.display().to_string())
     }
 
@@ -219,10 +216,7 @@ impl ChatTemplate {
     pub fn from_hf_dir(dir: &Path) -> Result<Option<Self>, TemplateError> {
         let config_path = dir.join("tokenizer_config.json");
         let config: serde_json::Value = if config_path.exists() {
-            let text = std::fs::read_to_string(&config_path).map_err(|e| TemplateError::Read {
-                path: config_path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            let text = read_file(&config_path)?;
             serde_json::from_str(&text).map_err(|e| TemplateError::Read {
                 path: config_path.display().to_string(),
                 message: format!("invalid JSON: {e}"),
@@ -332,6 +326,31 @@ impl ChatTemplate {
             .map_or_else(|| err.kind().to_string(), |d| format!("{}: {d}", err.kind()));
         self.render_error(err.line().unwrap_or(0), &message)
     }
+}
+
+/// Largest template or tokenizer-config file read (real ones are a few KiB to a few MiB).
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a template or tokenizer-config file: only a regular file (a FIFO would block forever)
+/// of a sane size, checked before anything is opened or allocated.
+fn read_file(path: &Path) -> Result<String, TemplateError> {
+    let fail = |message: String| TemplateError::Read {
+        path: path.display().to_string(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail(
+            "not a regular file (a directory, FIFO, device or socket); refusing to read it".into(),
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(fail(format!(
+            "{} bytes is too large for a chat template (limit {MAX_FILE_BYTES})",
+            meta.len()
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))
 }
 
 /// Reads a special token from `tokenizer_config.json`: a string or an `AddedToken` object.
