@@ -4,6 +4,7 @@
 //! The work happens in the library crates.
 
 mod cmd;
+mod interrupt;
 mod progress;
 
 use std::process::ExitCode;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    interrupt::install();
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Models(c) => done(cmd::models::run(c)),

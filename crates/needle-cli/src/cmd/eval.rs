@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use needle_scan::eval::{by_class, markdown, EvalRow};
-use needle_scan::{Scan, Settings};
+use needle_scan::{Existing, Scan, Settings};
 use serde_json::Value;
 
 use super::scan::{Bars, BudgetArg};
@@ -34,8 +34,11 @@ pub struct EvalArgs {
     seed: u64,
     /// Reuse the stages that scans of the same models and settings already finished in DIR (an
     /// interrupted eval resumes where it stopped).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
+    /// Replace scans of other models that DIR holds under the same organism names.
+    #[arg(long)]
+    force: bool,
 }
 
 /// An organism's ground truth as `organism.json` records it.
@@ -109,9 +112,15 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             args.zoo.display()
         );
     }
+    let existing = match (args.resume, args.force) {
+        (true, _) => Existing::Resume,
+        (false, true) => Existing::Replace,
+        (false, false) => Existing::Restart,
+    };
     let mut rows = Vec::new();
     for (name, model, truth) in jobs {
         eprintln!("scanning {name}");
+        crate::interrupt::scan_phase("loading");
         let lm = model.load()?;
         let base = model.load_base()?;
         let out = args.out.join(name.replace(['/', ' ', '(', ')'], "_"));
@@ -119,7 +128,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let mut bars = Bars::default();
         let report = Candle::run(|| {
             super::scan::with_base(Scan::new(&lm, &out, settings)?, base.as_ref())
-                .run(args.resume, &mut |s, d, t| bars.update(s, d, t))
+                .run(existing, &mut |s, d, t| bars.update(s, d, t))
         });
         bars.finish();
         let report = report?;
