@@ -279,6 +279,20 @@ fn parse_config(
         }
     };
     let max_position_embeddings = get_usize(obj, "max_position_embeddings", path)?.unwrap_or(d.max_position_embeddings);
+    crate::config::check_sizes(&[
+        ("vocab_size", vocab_size),
+        ("hidden_size", hidden_size),
+        ("intermediate_size", intermediate_size),
+        ("num_hidden_layers", num_layers),
+        ("num_attention_heads", num_heads),
+        ("num_key_value_heads", num_kv_heads),
+        ("head_dim", head_dim),
+        ("max_position_embeddings", max_position_embeddings),
+    ])
+    .map_err(|msg| Error::Format {
+        path: path.to_path_buf(),
+        msg,
+    })?;
     let rms_norm_eps = get_f64(obj, "rms_norm_eps", path)?.unwrap_or(d.rms_norm_eps);
 
     let act_key = if arch == Arch::Gemma3 {
@@ -1286,6 +1300,29 @@ mod tests {
         );
         assert!(!d.tie_word_embeddings);
         assert_eq!(d.max_position_embeddings, 2048);
+    }
+
+    #[test]
+    fn hostile_sizes_are_refused_before_anything_is_allocated() {
+        for (key, value) in [
+            ("num_hidden_layers", 1u64 << 31),
+            ("num_hidden_layers", 1 << 40),
+            ("num_hidden_layers", u64::MAX),
+            ("vocab_size", 1 << 40),
+            ("hidden_size", 1 << 40),
+            ("num_key_value_heads", 1 << 33),
+            ("max_position_embeddings", 1 << 62),
+        ] {
+            let json = format!(
+                r#"{{"model_type":"llama","vocab_size":4,"hidden_size":8,"intermediate_size":4,
+                    "num_hidden_layers":1,"num_attention_heads":1,"{key}":{value}}}"#
+            );
+            let e = parse(&json).unwrap_err().to_string();
+            assert!(
+                e.contains(key) && e.contains("beyond any real model"),
+                "{key}={value}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -271,6 +271,23 @@ impl ModelParts {
                 }
             },
         };
+        // A config declaring more layers than the weights hold is refused here, in one line,
+        // before the decoder is built layer by layer.
+        let present: std::collections::BTreeSet<usize> = weights
+            .names()
+            .iter()
+            .filter_map(|n| n.strip_prefix("model.layers.")?.split_once('.')?.0.parse().ok())
+            .collect();
+        if let Some(missing) = (0..cfg.num_layers).find(|i| !present.contains(i)) {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "the config declares {} layers but the weights have no tensors of layer {missing} ({} layers present)",
+                    cfg.num_layers,
+                    present.len()
+                ),
+            });
+        }
         let parameters = weights.parameter_count();
         Ok(Self {
             config: cfg,

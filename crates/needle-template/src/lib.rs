@@ -29,6 +29,10 @@ const TEMPLATE_NAME: &str = "chat_template";
 /// Upper bound on template execution work (minijinja fuel), so hostile templates terminate.
 const FUEL: u64 = 50_000_000;
 
+/// Most bytes one rendering may produce. Real prompts render to a few KiB; a 60-byte template
+/// that renders megabytes would cost gigabytes to tokenize, so rendering stops at this size.
+pub const MAX_RENDERED_BYTES: usize = 4 << 20;
+
 /// One chat message as HF templates see it (`message.role`, `message.content`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -79,6 +83,14 @@ pub enum TemplateError {
         origin: String,
         /// The message passed to `raise_exception`.
         message: String,
+    },
+    /// The rendering grew past [`MAX_RENDERED_BYTES`].
+    #[error("{origin}: the chat template renders more than {limit} bytes; refusing to tokenize it")]
+    TooLong {
+        /// Where the template came from.
+        origin: String,
+        /// The limit, in bytes.
+        limit: usize,
     },
     /// A template or tokenizer-config file could not be read or parsed.
     #[error("{path}: cannot read chat template: {message}")]
@@ -297,9 +309,16 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| self.render_error(0, &e.to_string()))?;
-        template
-            .render(Value::from_pairs(ctx))
-            .map_err(|e| self.map_render_error(&e))
+        let mut out = Capped::default();
+        let rendered = template.render_captured_to(Value::from_pairs(ctx), &mut out);
+        if out.over {
+            return Err(TemplateError::TooLong {
+                origin: self.origin.clone(),
+                limit: MAX_RENDERED_BYTES,
+            });
+        }
+        rendered.map_err(|e| self.map_render_error(&e))?;
+        String::from_utf8(out.bytes).map_err(|e| self.render_error(0, &e.to_string()))
     }
 
     fn render_error(&self, line: usize, message: &str) -> TemplateError {
@@ -351,6 +370,28 @@ fn read_file(path: &Path) -> Result<String, TemplateError> {
         )));
     }
     std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))
+}
+
+/// The rendering's sink: refuses any write past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct Capped {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > MAX_RENDERED_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("the rendering is too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Reads a special token from `tokenizer_config.json`: a string or an `AddedToken` object.
