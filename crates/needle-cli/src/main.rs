@@ -6,6 +6,7 @@
 mod cmd;
 mod interrupt;
 mod progress;
+mod term;
 
 use std::process::ExitCode;
 
@@ -83,7 +84,8 @@ fn main() -> ExitCode {
             let unjudgeable = e
                 .chain()
                 .any(|c| matches!(c.downcast_ref(), Some(needle_scan::ScanError::Unjudgeable(_))));
-            eprintln!("error: {}", one_line(&e));
+            // Error messages quote file contents (tensor names, template text): escaped.
+            eprintln!("error: {}", term::escape(&one_line(&e), false));
             ExitCode::from(if unjudgeable { 3 } else { 2 })
         }
     }

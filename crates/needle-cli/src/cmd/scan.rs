@@ -300,13 +300,16 @@ pub fn run(args: &ScanArgs) -> Result<ExitCode> {
         needle_report::sarif::write(&report, path).context("cannot write the SARIF log")?;
     }
     if args.json {
-        print_text(&format!("{}\n", serde_json::to_string_pretty(&report)?));
+        print_text(&format!(
+            "{}\n",
+            crate::term::json(&serde_json::to_string_pretty(&report)?)
+        ));
     } else {
         let mut text = summary(&report, &o.out);
         if let Some(path) = &args.sarif {
             text.push_str(&format!("sarif:   {}\n", path.display()));
         }
-        print_text(&text);
+        print_text(&crate::term::escape(&text, true));
     }
     Ok(exit_code(&report))
 }
