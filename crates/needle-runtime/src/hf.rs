@@ -1009,11 +1009,17 @@ pub fn load_tokenizer(dir: &Path) -> Result<HfTokenizerFiles> {
             msg: msg.into(),
         });
     }
-    files::regular(&tok_path)?;
-    let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::Format {
+    let text = read_text(&tok_path)?;
+    let invalid = |msg: String| Error::Format {
         path: tok_path.clone(),
-        msg: format!("invalid tokenizer: {}", one_line(&e.to_string())),
-    })?;
+        msg: format!("invalid tokenizer: {}", one_line(&msg)),
+    };
+    // The tokenizers library panics (`expect`) on some syntax errors inside its sections, so
+    // the JSON is checked first; a panic that still escapes it is an error, not a crash.
+    serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| invalid(format!("invalid JSON: {e}")))?;
+    let tokenizer = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
+        .map_err(|_| invalid("the tokenizers library cannot read it".into()))?
+        .map_err(|e| invalid(e.to_string()))?;
 
     let cfg_path = dir.join("tokenizer_config.json");
     let cfg = if files::present(&cfg_path) {

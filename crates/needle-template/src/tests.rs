@@ -186,6 +186,9 @@ fn generation_tags_are_rewritten_keeping_whitespace_control() {
         "a{%- if true +%}b{% endif -%}c{% if x %}"
     );
     assert_eq!(rewrite_generation_tags("{% generation"), "{% generation");
+    // Found by fuzzing: an opening and closing marker that overlap.
+    assert_eq!(rewrite_generation_tags("{%} x"), "{%} x");
+    assert!(ChatTemplate::new("{%}% for m in messages %}{% endfor %}", None, None).is_err());
 }
 
 #[test]
