@@ -77,14 +77,16 @@ pub fn config(file: &GgufFile) -> Result<ModelConfig> {
         return Err(format_err(file, "attention.head_count is 0"));
     }
     let head_dim = opt_usize("attention.key_length").unwrap_or(hidden_size / num_heads);
-    crate::config::check_sizes(&[
-        ("hidden_size", hidden_size),
-        ("num_hidden_layers", num_layers),
-        ("num_attention_heads", num_heads),
-        ("num_key_value_heads", num_kv_heads),
-        ("head_dim", head_dim),
-    ])
-    .map_err(|m| format_err(file, format!("{arch_name}: {m}")))?;
+    for (name, gguf_key, value) in [
+        ("hidden_size", "embedding_length", hidden_size),
+        ("num_hidden_layers", "block_count", num_layers),
+        ("num_attention_heads", "attention.head_count", num_heads),
+        ("num_key_value_heads", "attention.head_count_kv", num_kv_heads),
+        ("head_dim", "attention.key_length", head_dim),
+    ] {
+        crate::config::check_sizes(&[(name, value)])
+            .map_err(|m| format_err(file, format!("{}: {m}", key(gguf_key))))?;
+    }
     // Every layer must have its tensors: a block count beyond them is refused before the
     // per-layer tables are built.
     let present: std::collections::BTreeSet<usize> = file
