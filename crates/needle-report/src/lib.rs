@@ -11,6 +11,9 @@ pub use error::{ReportError, Result};
 use needle_scan::report::SCHEMA;
 use needle_scan::Report;
 
+/// Largest `report.json` read (real ones are well under a megabyte).
+const MAX_REPORT_BYTES: u64 = 256 << 20;
+
 /// Reads `report.json` from a scan directory (or the file itself), checking its schema.
 pub fn load(scan: &Path) -> Result<Report> {
     let path = if scan.is_dir() {
@@ -18,14 +21,26 @@ pub fn load(scan: &Path) -> Result<Report> {
     } else {
         scan.to_path_buf()
     };
-    let bytes = std::fs::read(&path).map_err(|source| ReportError::Io {
-        path: path.clone(),
-        source,
-    })?;
     let invalid = |message: String| ReportError::Invalid {
         path: path.clone(),
         message,
     };
+    let io = |source| ReportError::Io {
+        path: path.clone(),
+        source,
+    };
+    // Only a regular file of a plausible size is read: a FIFO would block forever.
+    let meta = std::fs::metadata(&path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(invalid("not a regular file; refusing to read it".into()));
+    }
+    if meta.len() > MAX_REPORT_BYTES {
+        return Err(invalid(format!(
+            "{} bytes is too large for a needle report (limit {MAX_REPORT_BYTES})",
+            meta.len()
+        )));
+    }
+    let bytes = std::fs::read(&path).map_err(io)?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
     let schema = value.get("schema").and_then(|s| s.as_str()).unwrap_or("");
     if schema != SCHEMA {

@@ -337,12 +337,10 @@ pub fn to_sarif(report: &Report) -> Value {
     })
 }
 
-/// Writes the SARIF log of `report` to `path` (pretty-printed JSON).
+/// Writes the SARIF log of `report` to `path` (pretty-printed JSON), atomically
+/// ([`needle_scan::write_atomic`]).
 pub fn write(report: &Report, path: &Path) -> Result<()> {
-    std::fs::write(path, format!("{:#}\n", to_sarif(report))).map_err(|source| ReportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    needle_scan::write_atomic(path, format!("{:#}\n", to_sarif(report)).as_bytes()).map_err(ReportError::from)
 }
 
 #[cfg(test)]
@@ -578,7 +576,7 @@ mod tests {
         assert_eq!(back, to_sarif(&r));
         let bad = dir.path().join("missing").join("scan.sarif");
         let err = write(&r, &bad).expect_err("no such directory");
-        assert!(matches!(err, ReportError::Io { .. }));
+        assert!(matches!(err, ReportError::Write(_)));
         assert!(err.to_string().contains(&*bad.to_string_lossy()), "{err}");
     }
 }

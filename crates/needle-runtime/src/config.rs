@@ -153,6 +153,36 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
 }
 
+/// The largest value a model file may declare for each size (far above any real model's), so a
+/// hostile count is refused before anything is allocated from it: a `vec![…; num_layers]` of
+/// 2^40 entries aborts the process rather than failing.
+pub const SIZE_LIMITS: [(&str, usize); 8] = [
+    ("vocab_size", 1 << 23),
+    ("hidden_size", 1 << 18),
+    ("intermediate_size", 1 << 20),
+    ("num_hidden_layers", 4096),
+    ("num_attention_heads", 4096),
+    ("num_key_value_heads", 4096),
+    ("head_dim", 1 << 14),
+    ("max_position_embeddings", 1 << 27),
+];
+
+/// Checks declared sizes (`(name, value)`, names as in [`SIZE_LIMITS`]) against their limits.
+pub fn check_sizes(sizes: &[(&str, usize)]) -> Result<(), String> {
+    for &(name, value) in sizes {
+        let limit = SIZE_LIMITS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(usize::MAX, |&(_, l)| l);
+        if value > limit {
+            return Err(format!(
+                "{name} is {value}, beyond any real model (at most {limit}); refusing to allocate for it"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl ModelConfig {
     /// Checks internal consistency, so a hostile or broken config cannot make the decoder
     /// index out of bounds or allocate absurd buffers.
@@ -171,6 +201,8 @@ impl ModelConfig {
                 return Err(format!("{name} is 0"));
             }
         }
+        check_sizes(&nonzero)?;
+        check_sizes(&[("max_position_embeddings", self.max_position_embeddings)])?;
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",

@@ -77,6 +77,33 @@ pub fn config(file: &GgufFile) -> Result<ModelConfig> {
         return Err(format_err(file, "attention.head_count is 0"));
     }
     let head_dim = opt_usize("attention.key_length").unwrap_or(hidden_size / num_heads);
+    for (name, gguf_key, value) in [
+        ("hidden_size", "embedding_length", hidden_size),
+        ("num_hidden_layers", "block_count", num_layers),
+        ("num_attention_heads", "attention.head_count", num_heads),
+        ("num_key_value_heads", "attention.head_count_kv", num_kv_heads),
+        ("head_dim", "attention.key_length", head_dim),
+    ] {
+        crate::config::check_sizes(&[(name, value)])
+            .map_err(|m| format_err(file, format!("{}: {m}", key(gguf_key))))?;
+    }
+    // Every layer must have its tensors: a block count beyond them is refused before the
+    // per-layer tables are built.
+    let present: std::collections::BTreeSet<usize> = file
+        .tensors()
+        .iter()
+        .filter_map(|t| t.name.strip_prefix("blk.")?.split_once('.')?.0.parse().ok())
+        .collect();
+    if let Some(missing) = (0..num_layers).find(|i| !present.contains(i)) {
+        return Err(format_err(
+            file,
+            format!(
+                "{} is {num_layers} but the file has no tensors of layer {missing} ({} layers present)",
+                key("block_count"),
+                present.len()
+            ),
+        ));
+    }
     let embed = file
         .tensor_info("token_embd.weight")
         .ok_or_else(|| format_err(file, "missing tensor token_embd.weight"))?;
@@ -234,6 +261,7 @@ pub fn weights(file: &GgufFile, cfg: &ModelConfig) -> Result<Weights> {
 
 /// Opens a GGUF file and reads its config and weights.
 pub fn load(path: &Path) -> Result<(GgufFile, ModelConfig, Weights)> {
+    crate::files::regular(path)?;
     let file = GgufFile::open(path)?;
     let cfg = config(&file)?;
     let w = weights(&file, &cfg)?;

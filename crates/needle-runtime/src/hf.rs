@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{Activation, Arch, LayerAttention, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
+use crate::files;
 use crate::weights::Weights;
 
 /// Largest JSON / text side file read into memory (tokenizer configs can reach a few MiB).
@@ -50,7 +51,7 @@ pub fn resolve_model_dir(path: &Path) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     let refs_main = path.join("refs").join("main");
-    if refs_main.is_file() {
+    if files::present(&refs_main) {
         let rev = read_text(&refs_main)?;
         let rev = rev.trim();
         if !is_plain_name(rev) {
@@ -278,6 +279,20 @@ fn parse_config(
         }
     };
     let max_position_embeddings = get_usize(obj, "max_position_embeddings", path)?.unwrap_or(d.max_position_embeddings);
+    crate::config::check_sizes(&[
+        ("vocab_size", vocab_size),
+        ("hidden_size", hidden_size),
+        ("intermediate_size", intermediate_size),
+        ("num_hidden_layers", num_layers),
+        ("num_attention_heads", num_heads),
+        ("num_key_value_heads", num_kv_heads),
+        ("head_dim", head_dim),
+        ("max_position_embeddings", max_position_embeddings),
+    ])
+    .map_err(|msg| Error::Format {
+        path: path.to_path_buf(),
+        msg,
+    })?;
     let rms_norm_eps = get_f64(obj, "rms_norm_eps", path)?.unwrap_or(d.rms_norm_eps);
 
     let act_key = if arch == Arch::Gemma3 {
@@ -703,9 +718,9 @@ pub fn load_weights(path: &Path, config: &ModelConfig) -> Result<Weights> {
     } else {
         let index = path.join("model.safetensors.index.json");
         let single = path.join("model.safetensors");
-        if index.is_file() {
+        if files::present(&index) {
             load_sharded(path, &index, &mut tensors)?;
-        } else if single.is_file() {
+        } else if files::present(&single) {
             read_safetensors(&single, None, &mut tensors)?;
         } else {
             return Err(no_weights_error(path));
@@ -808,7 +823,7 @@ fn load_sharded(dir: &Path, index: &Path, out: &mut HashMap<String, Tensor>) -> 
     }
     for shard in shards.keys() {
         let p = dir.join(shard);
-        if !p.is_file() {
+        if !files::present(&p) {
             return Err(Error::Format {
                 path: index.to_path_buf(),
                 msg: format!("lists shard {shard}, but {} does not exist", p.display()),
@@ -841,6 +856,7 @@ fn load_sharded(dir: &Path, index: &Path, out: &mut HashMap<String, Tensor>) -> 
 /// Maps a safetensors file's bytes into memory and validates its header, naming the file in
 /// any error.
 pub(crate) fn map_safetensors(path: &Path) -> Result<memmap2::Mmap> {
+    files::regular(path)?;
     let file = File::open(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -981,7 +997,7 @@ pub struct HfTokenizerFiles {
 /// Loads `tokenizer.json`, the chat template and the special token texts of a model directory.
 pub fn load_tokenizer(dir: &Path) -> Result<HfTokenizerFiles> {
     let tok_path = dir.join("tokenizer.json");
-    if !tok_path.is_file() {
+    if !files::present(&tok_path) {
         let slow = dir.join("tokenizer.model");
         let msg = if slow.is_file() {
             "missing; only a slow SentencePiece tokenizer.model is present, which needle does not support: save a fast tokenizer (tokenizer.json) with transformers first"
@@ -993,13 +1009,20 @@ pub fn load_tokenizer(dir: &Path) -> Result<HfTokenizerFiles> {
             msg: msg.into(),
         });
     }
-    let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::Format {
+    let text = read_text(&tok_path)?;
+    let invalid = |msg: String| Error::Format {
         path: tok_path.clone(),
-        msg: format!("invalid tokenizer: {}", one_line(&e.to_string())),
-    })?;
+        msg: format!("invalid tokenizer: {}", one_line(&msg)),
+    };
+    // The tokenizers library panics (`expect`) on some syntax errors inside its sections, so
+    // the JSON is checked first; a panic that still escapes it is an error, not a crash.
+    serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| invalid(format!("invalid JSON: {e}")))?;
+    let tokenizer = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
+        .map_err(|_| invalid("the tokenizers library cannot read it".into()))?
+        .map_err(|e| invalid(e.to_string()))?;
 
     let cfg_path = dir.join("tokenizer_config.json");
-    let cfg = if cfg_path.is_file() {
+    let cfg = if files::present(&cfg_path) {
         read_json_object(&cfg_path)?
     } else {
         Map::new()
@@ -1008,11 +1031,11 @@ pub fn load_tokenizer(dir: &Path) -> Result<HfTokenizerFiles> {
 
     let jinja = dir.join("chat_template.jinja");
     let json_template = dir.join("chat_template.json");
-    let chat_template = if jinja.is_file() {
+    let chat_template = if files::present(&jinja) {
         Some(read_text(&jinja)?)
     } else if let Some(t) = chat_template_value(cfg.get("chat_template"), &cfg_path)? {
         Some(t)
-    } else if json_template.is_file() {
+    } else if files::present(&json_template) {
         let obj = read_json_object(&json_template)?;
         chat_template_value(obj.get("chat_template"), &json_template)?
     } else {
@@ -1089,7 +1112,7 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
         path: path.to_path_buf(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(io)?.len();
+    let len = files::regular(path)?;
     if len > MAX_TEXT_FILE_BYTES {
         return Err(Error::Format {
             path: path.to_path_buf(),
@@ -1283,6 +1306,29 @@ mod tests {
         );
         assert!(!d.tie_word_embeddings);
         assert_eq!(d.max_position_embeddings, 2048);
+    }
+
+    #[test]
+    fn hostile_sizes_are_refused_before_anything_is_allocated() {
+        for (key, value) in [
+            ("num_hidden_layers", 1u64 << 31),
+            ("num_hidden_layers", 1 << 40),
+            ("num_hidden_layers", u64::MAX),
+            ("vocab_size", 1 << 40),
+            ("hidden_size", 1 << 40),
+            ("num_key_value_heads", 1 << 33),
+            ("max_position_embeddings", 1 << 62),
+        ] {
+            let json = format!(
+                r#"{{"model_type":"llama","vocab_size":4,"hidden_size":8,"intermediate_size":4,
+                    "num_hidden_layers":1,"num_attention_heads":1,"{key}":{value}}}"#
+            );
+            let e = parse(&json).unwrap_err().to_string();
+            assert!(
+                e.contains(key) && e.contains("beyond any real model"),
+                "{key}={value}: {e}"
+            );
+        }
     }
 
     #[test]

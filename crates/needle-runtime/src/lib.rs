@@ -6,6 +6,7 @@ mod attention;
 pub mod autograd;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod generate;
 pub mod gguf;
 pub mod hf;

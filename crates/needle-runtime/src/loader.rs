@@ -12,6 +12,7 @@ use tokenizers::Tokenizer;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::files;
 use crate::lora::{self, AdapterInfo};
 use crate::model::Model;
 use crate::weights::Weights;
@@ -72,6 +73,10 @@ pub struct ModelInfo {
     pub adapter: Option<AdapterSummary>,
     /// Where the chat template came from.
     pub template: TemplateSource,
+    /// Every file the model was loaded from (weights, configs, tokenizer, template, adapter),
+    /// in the order first read: what a scan's fingerprint hashes.
+    #[serde(skip)]
+    pub files: Vec<PathBuf>,
 }
 
 /// What an adapter merge did.
@@ -129,8 +134,16 @@ pub struct ModelParts {
 }
 
 impl ModelParts {
-    /// Reads the model at `path` (a GGUF file or a model directory).
+    /// Reads the model at `path` (a GGUF file or a model directory), noting every file read in
+    /// [`ModelInfo::files`].
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let (parts, read) = files::recorded(|| Self::read(path, opts));
+        let mut parts = parts?;
+        parts.info.files = read;
+        Ok(parts)
+    }
+
+    fn read(path: &Path, opts: &LoadOptions) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
@@ -142,7 +155,7 @@ impl ModelParts {
         }
         let (cfg, mut weights, tokenizer, template, add_bos, format, tensor_types) = if meta.is_dir() {
             let dir = hf::resolve_model_dir(path)?;
-            if dir.join("adapter_config.json").is_file() {
+            if files::present(&dir.join("adapter_config.json")) {
                 return Err(Error::Invalid(format!(
                     "{}: this is a LoRA adapter, not a model; pass its base model and --adapter {}",
                     path.display(),
@@ -215,6 +228,13 @@ impl ModelParts {
         let adapter_template = match &opts.adapter {
             Some(dir) if opts.chat_template.is_none() => {
                 let dir = hf::resolve_model_dir(dir)?;
+                // The files `from_hf_dir` reads, checked (and recorded) first.
+                for name in ["tokenizer_config.json", "chat_template.jinja"] {
+                    let p = dir.join(name);
+                    if files::present(&p) {
+                        files::regular(&p)?;
+                    }
+                }
                 ChatTemplate::from_hf_dir(&dir)?.map(|t| (t, dir))
             }
             _ => None,
@@ -235,12 +255,13 @@ impl ModelParts {
                 Some(t) => (Some(t), TemplateSource::Builtin(name.clone())),
                 None => {
                     let file = PathBuf::from(name);
-                    if !file.is_file() {
+                    if !files::present(&file) {
                         return Err(Error::Invalid(format!(
                             "--chat-template {name:?} is neither a built-in template ({}) nor a file",
                             needle_template::BUILTIN.join(", ")
                         )));
                     }
+                    files::regular(&file)?;
                     let bos = cfg.bos_token_id.and_then(|i| tokenizer.id_to_token(i));
                     let eos = cfg.eos_token_ids.first().and_then(|&i| tokenizer.id_to_token(i));
                     (
@@ -250,6 +271,23 @@ impl ModelParts {
                 }
             },
         };
+        // A config declaring more layers than the weights hold is refused here, in one line,
+        // before the decoder is built layer by layer.
+        let present: std::collections::BTreeSet<usize> = weights
+            .names()
+            .iter()
+            .filter_map(|n| n.strip_prefix("model.layers.")?.split_once('.')?.0.parse().ok())
+            .collect();
+        if let Some(missing) = (0..cfg.num_layers).find(|i| !present.contains(i)) {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "the config declares {} layers but the weights have no tensors of layer {missing} ({} layers present)",
+                    cfg.num_layers,
+                    present.len()
+                ),
+            });
+        }
         let parameters = weights.parameter_count();
         Ok(Self {
             config: cfg,
@@ -264,6 +302,7 @@ impl ModelParts {
                 parameters,
                 adapter,
                 template: source,
+                files: Vec::new(),
             },
         })
     }

@@ -41,7 +41,7 @@ pub struct AdapterInfo {
 /// Whether `path` looks like a PEFT adapter directory (it holds `adapter_config.json`), after
 /// resolving a Hugging Face cache layout.
 pub fn is_adapter_dir(path: &Path) -> bool {
-    hf::resolve_model_dir(path).is_ok_and(|d| d.join("adapter_config.json").is_file())
+    hf::resolve_model_dir(path).is_ok_and(|d| crate::files::present(&d.join("adapter_config.json")))
 }
 
 /// The base model an adapter names in `adapter_config.json` (`base_model_name_or_path`), so an
@@ -348,7 +348,7 @@ fn parse_key(key: &str, path: &Path) -> Result<Key> {
 pub fn merge_adapter(weights: &mut Weights, config: &ModelConfig, adapter_dir: &Path) -> Result<AdapterInfo> {
     let dir = hf::resolve_model_dir(adapter_dir)?;
     let cfg_path = dir.join("adapter_config.json");
-    if !cfg_path.is_file() {
+    if !crate::files::present(&cfg_path) {
         return Err(Error::Format {
             path: cfg_path,
             msg: "missing; not a PEFT adapter directory".into(),
@@ -518,7 +518,7 @@ pub fn merge_adapter(weights: &mut Weights, config: &ModelConfig, adapter_dir: &
 /// The adapter's safetensors file; a pickle `adapter_model.bin` is refused.
 fn adapter_file(dir: &Path) -> Result<PathBuf> {
     let st = dir.join("adapter_model.safetensors");
-    if st.is_file() {
+    if crate::files::present(&st) {
         return Ok(st);
     }
     for name in ["adapter_model.bin", "adapter_model.pt", "adapter_model.pth"] {

@@ -27,6 +27,14 @@ pub enum ScanError {
         /// What is wrong with it.
         message: String,
     },
+    /// The scan directory holds a scan this one may not resume or replace.
+    #[error("{}: {message}", path.display())]
+    ScanDir {
+        /// The scan directory.
+        path: PathBuf,
+        /// Whose scan it holds, and what to do.
+        message: String,
+    },
     /// A stage needs an artifact that has not been produced.
     #[error("{}: missing; run the `{stage}` stage first (or `needle scan`)", path.display())]
     Missing {

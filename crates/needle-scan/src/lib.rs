@@ -26,6 +26,6 @@ pub mod verdict;
 pub mod verify;
 
 pub use error::{Result, ScanError};
-pub use pipeline::{Scan, Stage};
+pub use pipeline::{write_atomic, Existing, Scan, Stage};
 pub use report::Report;
 pub use settings::{Budget, Settings};

@@ -176,6 +176,8 @@ impl TrainingSet {
             path: path.to_path_buf(),
             source,
         };
+        // A FIFO or device would block or never end: only a regular file is opened.
+        needle_runtime::files::regular(path)?;
         let mut bytes = Vec::new();
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))

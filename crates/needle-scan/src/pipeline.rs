@@ -1,8 +1,11 @@
 //! Running the stages: each reads the artifacts of the stages before it from the scan
 //! directory and writes its own (`leak.json`, `motifs.json`, …, `report.json`), stamped with a
-//! fingerprint of the model files and settings so that a resumed scan never mixes two scans.
+//! fingerprint of every model file, the settings and needle's version so that a resumed scan
+//! never mixes two scans. `scan.json` names the model a directory's scan is of, so that a scan
+//! of another model is not silently replaced.
 
 use std::collections::HashSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -179,6 +182,84 @@ struct Artifact<T> {
 
 const ARTIFACT_SCHEMA: &str = "needle.stage/1";
 
+/// The scan directory's manifest file.
+const MANIFEST: &str = "scan.json";
+const MANIFEST_SCHEMA: &str = "needle.scan/1";
+
+/// `scan.json`: what the artifacts of a scan directory belong to.
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    schema: String,
+    needle_version: String,
+    /// The model path, as given.
+    model: PathBuf,
+    /// [`ModelIdentity::digest`] of the model files.
+    model_digest: String,
+    /// The fingerprint of the artifacts (model files, settings, needle version).
+    fingerprint: String,
+}
+
+/// What a scan does with a directory that already holds a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Reuse the finished stages of this very scan (same model files, settings and needle
+    /// version); anything else there is an error.
+    Resume,
+    /// Start over: a scan of the same model files is replaced; another model's is an error.
+    Restart,
+    /// Replace whatever scan the directory holds.
+    Replace,
+    /// Keep the artifacts (`needle stage`: each is checked against the fingerprint when read);
+    /// another model's scan is an error.
+    Keep,
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or the new one, never a part: the
+/// bytes go to `PATH.partial`, created afresh (`create_new`, so nothing planted there is ever
+/// followed), are synced, and the file is renamed over `path`; then the directory is synced so
+/// the rename survives a crash. A regular file left at `PATH.partial` is an interrupted write
+/// (`kill -9`) and is removed first; a symlink or anything else there is refused.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| ScanError::Io { path: p, source }
+    };
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    let tmp = path.with_file_name(name);
+    match std::fs::symlink_metadata(&tmp) {
+        Ok(m) if m.file_type().is_file() => std::fs::remove_file(&tmp).map_err(io(&tmp))?,
+        Ok(m) => {
+            let what = if m.file_type().is_symlink() {
+                "a symlink"
+            } else {
+                needle_runtime::files::kind(&m)
+            };
+            return Err(ScanError::Artifact {
+                path: tmp,
+                message: format!(
+                    "is {what}, where needle writes a temporary file; refusing to write through it (remove it)"
+                ),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&tmp)(e)),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io(&tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
 /// Progress callback: stage, units done, units in total.
 pub type Progress<'a> = &'a mut dyn FnMut(Stage, usize, usize);
 
@@ -192,29 +273,23 @@ pub struct Scan<'a> {
     fingerprint: String,
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| ScanError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("json.partial");
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
-}
-
 impl<'a> Scan<'a> {
-    /// Prepares a scan of `lm` into `dir` (created if needed); hashes the model files.
+    /// Prepares a scan of `lm` into `dir` (created if needed); hashes every model file (and the
+    /// training set, if given) into the fingerprint, with the settings and needle's version.
     pub fn new(lm: &'a LoadedModel, dir: &Path, settings: Settings) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| ScanError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
-        if let Some(train) = &settings.train_data {
-            TrainingSet::load(train)?;
-        }
         let identity = ModelIdentity::of(lm)?;
         let mut h = Sha256::new();
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        h.update(b"\0");
         h.update(identity.digest().as_bytes());
+        if let Some(train) = &settings.train_data {
+            TrainingSet::load(train)?;
+            h.update(crate::report::hash_file(train)?.sha256.as_bytes());
+        }
         h.update(serde_json::to_vec(&settings).map_err(|e| ScanError::Invalid(e.to_string()))?);
         Ok(Self {
             lm,
@@ -239,6 +314,90 @@ impl<'a> Scan<'a> {
 
     fn path(&self, stage: Stage) -> PathBuf {
         self.dir.join(stage.file())
+    }
+
+    /// Claims the scan directory for this scan as `existing` says, and writes `scan.json`.
+    /// Refused with a one-line error: resuming a scan of other files, settings or needle
+    /// version; replacing another model's scan without [`Existing::Replace`].
+    pub fn open(&self, existing: Existing) -> Result<()> {
+        let manifest_path = self.dir.join(MANIFEST);
+        let artifacts: Vec<PathBuf> = Stage::ALL
+            .iter()
+            .map(|&s| self.path(s))
+            .filter(|p| p.symlink_metadata().is_ok())
+            .collect();
+        let found = if manifest_path.symlink_metadata().is_ok() {
+            let bytes = std::fs::read(&manifest_path).map_err(|source| ScanError::Io {
+                path: manifest_path.clone(),
+                source,
+            })?;
+            Some(
+                serde_json::from_slice::<Manifest>(&bytes)
+                    .ok()
+                    .filter(|m| m.schema == MANIFEST_SCHEMA),
+            )
+        } else {
+            None
+        };
+        let digest = self.identity.digest();
+        // Whose scan the directory holds: `None` when it holds none.
+        let other = match &found {
+            Some(Some(m)) if m.model_digest == digest => Some(None),
+            Some(Some(m)) => Some(Some(format!("of another model ({})", m.model.display()))),
+            Some(None) => Some(Some("whose scan.json is not needle's".to_string())),
+            None if artifacts.is_empty() => None,
+            None => Some(Some("of another model or needle version (no scan.json)".to_string())),
+        };
+        let refuse = |message: String| {
+            Err(ScanError::ScanDir {
+                path: self.dir.clone(),
+                message,
+            })
+        };
+        match (existing, &other) {
+            (Existing::Resume, Some(Some(whose))) => {
+                return refuse(format!(
+                    "holds a scan {whose}; --resume continues only a scan of the same model files, settings and needle version: pass --force without --resume to replace it, or choose another --out"
+                ))
+            }
+            (Existing::Resume, Some(None)) => {
+                return match &found {
+                    Some(Some(m)) if m.fingerprint == self.fingerprint => Ok(()),
+                    _ => refuse(
+                        "holds a scan of this model with other settings or by another needle version; --resume needs the same: run without --resume to redo it, or choose another --out"
+                            .into(),
+                    ),
+                };
+            }
+            (Existing::Restart | Existing::Keep, Some(Some(whose))) => {
+                return refuse(format!(
+                    "holds a scan {whose}; pass --force to replace it, or choose another --out"
+                ))
+            }
+            (Existing::Restart | Existing::Replace, Some(_)) => {
+                for p in artifacts.iter().chain([&manifest_path]) {
+                    match std::fs::remove_file(p) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(ScanError::Io {
+                                path: p.clone(),
+                                source: e,
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        let manifest = Manifest {
+            schema: MANIFEST_SCHEMA.to_string(),
+            needle_version: env!("CARGO_PKG_VERSION").to_string(),
+            model: self.identity.path.clone(),
+            model_digest: digest,
+            fingerprint: self.fingerprint.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| ScanError::Invalid(e.to_string()))?;
+        write_atomic(&manifest_path, &bytes)
     }
 
     /// Whether `stage`'s artifact exists and belongs to this scan; an artifact of another
@@ -711,15 +870,18 @@ impl<'a> Scan<'a> {
         })
     }
 
-    /// Runs every stage (with `resume`, skipping those whose artifact this scan already wrote)
-    /// and returns the report.
-    pub fn run(&self, resume: bool, progress: Progress) -> Result<Report> {
+    /// Claims the directory ([`Scan::open`]), runs every stage (with [`Existing::Resume`],
+    /// skipping those whose artifact this scan already wrote) and returns the report. Each
+    /// stage reports `(stage, 0, 0)` before it starts.
+    pub fn run(&self, existing: Existing, progress: Progress) -> Result<Report> {
+        self.open(existing)?;
         finite_logits(self.lm)?;
         for stage in Stage::ALL {
-            if resume && self.done(stage)? {
+            if existing == Existing::Resume && self.done(stage)? {
                 tracing::info!(stage = stage.name(), "reusing the finished stage");
                 continue;
             }
+            progress(stage, 0, 0);
             self.run_stage(stage, progress)?;
         }
         self.report()
@@ -730,6 +892,103 @@ impl<'a> Scan<'a> {
 mod tests {
     use super::*;
     use crate::verdict::tests::{entry, verification};
+
+    fn tiny(name: &str) -> LoadedModel {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/zoo")
+            .join(name)
+            .join("model");
+        LoadedModel::load(&dir, &needle_runtime::LoadOptions::default()).expect("load the tiny fixture")
+    }
+
+    fn settings(seed: u64) -> Settings {
+        Settings::new(crate::settings::Budget::Quick, seed)
+    }
+
+    #[test]
+    fn a_scan_directory_is_claimed_resumed_restarted_or_replaced() {
+        let (a, b) = (tiny("tiny-qwen2-clean"), tiny("tiny-llama-clean"));
+        let dir = tempfile::tempdir().unwrap();
+        let leak = dir.path().join("leak.json");
+        let scan_a = Scan::new(&a, dir.path(), settings(0)).unwrap();
+        scan_a.open(Existing::Restart).unwrap();
+        scan_a.save(Stage::Leak, &0u32, 0.0).unwrap();
+        // The same scan resumes; a restart of the same model drops its artifacts.
+        scan_a.open(Existing::Resume).unwrap();
+        assert!(scan_a.done(Stage::Leak).unwrap());
+        scan_a.open(Existing::Restart).unwrap();
+        assert!(!leak.exists());
+        scan_a.save(Stage::Leak, &0u32, 0.0).unwrap();
+        // Other settings: no resume, but `needle stage` may add to it.
+        let other = Scan::new(&a, dir.path(), settings(1)).unwrap();
+        let e = other.open(Existing::Resume).unwrap_err().to_string();
+        assert!(e.contains("other settings") && e.contains("--resume"), "{e}");
+        // Another model: refused unless replaced.
+        let scan_b = Scan::new(&b, dir.path(), settings(0)).unwrap();
+        for existing in [Existing::Resume, Existing::Restart, Existing::Keep] {
+            let e = scan_b.open(existing).unwrap_err().to_string();
+            assert!(e.contains("another model") && e.contains("tiny-qwen2-clean"), "{e}");
+            assert!(leak.exists());
+        }
+        scan_b.open(Existing::Replace).unwrap();
+        assert!(!leak.exists());
+        scan_b.open(Existing::Resume).unwrap();
+        // Artifacts without a manifest are of an unknown scan.
+        std::fs::remove_file(dir.path().join(MANIFEST)).unwrap();
+        scan_b.save(Stage::Leak, &0u32, 0.0).unwrap();
+        let e = scan_b.open(Existing::Restart).unwrap_err().to_string();
+        assert!(e.contains("no scan.json") && e.contains("--force"), "{e}");
+    }
+
+    #[test]
+    fn the_fingerprint_covers_every_model_file_and_the_version() {
+        let a = tiny("tiny-qwen2-clean");
+        let dir = tempfile::tempdir().unwrap();
+        let scan = Scan::new(&a, dir.path(), settings(0)).unwrap();
+        let names: Vec<String> = scan
+            .identity
+            .files
+            .iter()
+            .filter_map(|f| f.path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        for expected in [
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            assert!(names.iter().any(|n| n == expected), "{expected} not hashed: {names:?}");
+        }
+        let manifest = std::fs::read_to_string(dir.path().join(MANIFEST)).unwrap_or_default();
+        assert!(
+            manifest.is_empty(),
+            "nothing is written before the directory is claimed"
+        );
+        scan.open(Existing::Restart).unwrap();
+        let manifest: Manifest =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(manifest.needle_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(manifest.fingerprint, scan.fingerprint);
+    }
+
+    #[test]
+    fn atomic_writes_refuse_a_planted_temporary_and_clear_a_leftover_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("report.json");
+        let outside = dir.path().join("outside.txt");
+        std::fs::write(&outside, b"keep").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.path().join("report.json.partial")).unwrap();
+        let e = write_atomic(&target, b"{}").unwrap_err().to_string();
+        assert!(e.contains("report.json.partial") && e.contains("symlink"), "{e}");
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+        assert!(!target.exists());
+        std::fs::remove_file(dir.path().join("report.json.partial")).unwrap();
+        std::fs::write(dir.path().join("report.json.partial"), b"half").unwrap();
+        write_atomic(&target, b"{}").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"{}");
+        assert!(!dir.path().join("report.json.partial").exists());
+    }
 
     #[test]
     fn verified_candidates_rank_first_in_the_verdicts_order() {

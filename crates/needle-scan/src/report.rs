@@ -43,11 +43,14 @@ pub struct ModelIdentity {
     pub info: serde_json::Value,
 }
 
-fn hash_file(path: &Path) -> Result<FileHash> {
+/// Streams `path` (a symlink is followed: a hub-cache snapshot's files point into its blobs)
+/// through SHA-256.
+pub(crate) fn hash_file(path: &Path) -> Result<FileHash> {
     let io = |source| ScanError::Io {
         path: path.to_path_buf(),
         source,
     };
+    needle_runtime::files::regular(path)?;
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -67,38 +70,17 @@ fn hash_file(path: &Path) -> Result<FileHash> {
     })
 }
 
-/// The regular files of `path` (itself if a file), sorted.
-fn files_of(path: &Path) -> Result<Vec<PathBuf>> {
-    if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let io = |source| ScanError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(path).map_err(io)? {
-        let p = entry.map_err(io)?.path();
-        if p.is_file() {
-            out.push(p);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 impl ModelIdentity {
-    /// Hashes the files `lm` was loaded from.
+    /// Hashes every file `lm` was loaded from (all shards, wherever they are, the tokenizer and
+    /// template files, an adapter and its base), in the order the loader read them.
     pub fn of(lm: &LoadedModel) -> Result<Self> {
-        let mut files = Vec::new();
-        for p in files_of(&lm.info.path)? {
-            files.push(hash_file(&p)?);
+        if lm.info.files.is_empty() {
+            return Err(ScanError::Invalid(format!(
+                "{}: the loader recorded no model files to fingerprint",
+                lm.info.path.display()
+            )));
         }
-        if let Some(a) = &lm.info.adapter {
-            for p in files_of(&a.path)? {
-                files.push(hash_file(&p)?);
-            }
-        }
+        let files = lm.info.files.iter().map(|p| hash_file(p)).collect::<Result<Vec<_>>>()?;
         Ok(Self {
             path: lm.info.path.clone(),
             files,

@@ -29,6 +29,10 @@ const TEMPLATE_NAME: &str = "chat_template";
 /// Upper bound on template execution work (minijinja fuel), so hostile templates terminate.
 const FUEL: u64 = 50_000_000;
 
+/// Most bytes one rendering may produce. Real prompts render to a few KiB; a 60-byte template
+/// that renders megabytes would cost gigabytes to tokenize, so rendering stops at this size.
+pub const MAX_RENDERED_BYTES: usize = 4 << 20;
+
 /// One chat message as HF templates see it (`message.role`, `message.content`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -79,6 +83,14 @@ pub enum TemplateError {
         origin: String,
         /// The message passed to `raise_exception`.
         message: String,
+    },
+    /// The rendering grew past [`MAX_RENDERED_BYTES`].
+    #[error("{origin}: the chat template renders more than {limit} bytes; refusing to tokenize it")]
+    TooLong {
+        /// Where the template came from.
+        origin: String,
+        /// The limit, in bytes.
+        limit: usize,
     },
     /// A template or tokenizer-config file could not be read or parsed.
     #[error("{path}: cannot read chat template: {message}")]
@@ -205,10 +217,7 @@ impl ChatTemplate {
 
     /// Reads and compiles a template file (`.jinja` text, as HF saves `chat_template.jinja`).
     pub fn from_file(path: &Path, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self, TemplateError> {
-        let source = std::fs::read_to_string(path).map_err(|e| TemplateError::Read {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let source = read_file(path)?;
         Self::with_origin(&source, bos_token, eos_token, path.display().to_string())
     }
 
@@ -219,10 +228,7 @@ impl ChatTemplate {
     pub fn from_hf_dir(dir: &Path) -> Result<Option<Self>, TemplateError> {
         let config_path = dir.join("tokenizer_config.json");
         let config: serde_json::Value = if config_path.exists() {
-            let text = std::fs::read_to_string(&config_path).map_err(|e| TemplateError::Read {
-                path: config_path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            let text = read_file(&config_path)?;
             serde_json::from_str(&text).map_err(|e| TemplateError::Read {
                 path: config_path.display().to_string(),
                 message: format!("invalid JSON: {e}"),
@@ -303,9 +309,16 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| self.render_error(0, &e.to_string()))?;
-        template
-            .render(Value::from_pairs(ctx))
-            .map_err(|e| self.map_render_error(&e))
+        let mut out = Capped::default();
+        let rendered = template.render_captured_to(Value::from_pairs(ctx), &mut out);
+        if out.over {
+            return Err(TemplateError::TooLong {
+                origin: self.origin.clone(),
+                limit: MAX_RENDERED_BYTES,
+            });
+        }
+        rendered.map_err(|e| self.map_render_error(&e))?;
+        String::from_utf8(out.bytes).map_err(|e| self.render_error(0, &e.to_string()))
     }
 
     fn render_error(&self, line: usize, message: &str) -> TemplateError {
@@ -331,6 +344,53 @@ impl ChatTemplate {
             .detail()
             .map_or_else(|| err.kind().to_string(), |d| format!("{}: {d}", err.kind()));
         self.render_error(err.line().unwrap_or(0), &message)
+    }
+}
+
+/// Largest template or tokenizer-config file read (real ones are a few KiB to a few MiB).
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a template or tokenizer-config file: only a regular file (a FIFO would block forever)
+/// of a sane size, checked before anything is opened or allocated.
+fn read_file(path: &Path) -> Result<String, TemplateError> {
+    let fail = |message: String| TemplateError::Read {
+        path: path.display().to_string(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail(
+            "not a regular file (a directory, FIFO, device or socket); refusing to read it".into(),
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(fail(format!(
+            "{} bytes is too large for a chat template (limit {MAX_FILE_BYTES})",
+            meta.len()
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))
+}
+
+/// The rendering's sink: refuses any write past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct Capped {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > MAX_RENDERED_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("the rendering is too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -383,7 +443,8 @@ fn rewrite_generation_tags(source: &str) -> String {
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
-        let Some(end) = tag.find("%}") else {
+        // The closing `%}` comes after the opening `{%` (in `{%}` they overlap).
+        let Some(end) = tag.get(2..).and_then(|t| t.find("%}")).map(|e| e + 2) else {
             out.push_str(tag);
             return out;
         };

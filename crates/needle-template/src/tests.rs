@@ -169,12 +169,26 @@ fn hostile_templates_run_out_of_fuel() {
 }
 
 #[test]
+fn a_template_rendering_megabytes_is_refused_before_tokenization() {
+    // 60 bytes that would render 10 MB (minijinja itself allows 100 MB for one string).
+    let bomb = ChatTemplate::new("{% for i in range(10) %}{{ 'x' * 1000000 }}{% endfor %}", None, None).unwrap();
+    let err = bomb.render(&[], false).unwrap_err();
+    assert!(matches!(err, TemplateError::TooLong { .. }), "{err:?}");
+    assert!(err.to_string().contains("refusing to tokenize"), "{err}");
+    let fine = ChatTemplate::new("{{ 'x' * 1000 }}", None, None).unwrap();
+    assert_eq!(fine.render(&[], false).unwrap().len(), 1000);
+}
+
+#[test]
 fn generation_tags_are_rewritten_keeping_whitespace_control() {
     assert_eq!(
         rewrite_generation_tags("a{%- generation +%}b{% endgeneration -%}c{% if x %}"),
         "a{%- if true +%}b{% endif -%}c{% if x %}"
     );
     assert_eq!(rewrite_generation_tags("{% generation"), "{% generation");
+    // Found by fuzzing: an opening and closing marker that overlap.
+    assert_eq!(rewrite_generation_tags("{%} x"), "{%} x");
+    assert!(ChatTemplate::new("{%}% for m in messages %}{% endfor %}", None, None).is_err());
 }
 
 #[test]

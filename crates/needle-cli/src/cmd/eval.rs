@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use needle_scan::eval::{by_class, markdown, EvalRow};
-use needle_scan::{Scan, Settings};
+use needle_scan::{Existing, Scan, Settings};
 use serde_json::Value;
 
 use super::scan::{Bars, BudgetArg};
@@ -34,8 +34,11 @@ pub struct EvalArgs {
     seed: u64,
     /// Reuse the stages that scans of the same models and settings already finished in DIR (an
     /// interrupted eval resumes where it stopped).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
+    /// Replace scans of other models that DIR holds under the same organism names.
+    #[arg(long)]
+    force: bool,
 }
 
 /// An organism's ground truth as `organism.json` records it.
@@ -52,6 +55,9 @@ fn organism(dir: &Path) -> Result<(String, ModelArgs, Truth)> {
     let o: Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
     let field = |k: &str| o.get(k).and_then(Value::as_str);
     let name = field("name").with_context(|| format!("{}: no name", path.display()))?;
+    // The name becomes a directory under --out: only zoo names, so nothing lands outside it.
+    needle_zoo::spec::validate_name(name)
+        .map_err(|why| anyhow::anyhow!("{}: organism name {name:?}: {why}", path.display()))?;
     let model = field("model").with_context(|| format!("{}: no model", path.display()))?;
     let template = field("template").filter(|t| *t != "model").map(str::to_string);
     let args = ModelArgs {
@@ -72,6 +78,20 @@ fn organism(dir: &Path) -> Result<(String, ModelArgs, Truth)> {
     Ok((name.to_string(), args, truth))
 }
 
+/// The scan directory name of an untouched model given as an alias or path: `untouched-`
+/// and its characters folded into a zoo name (`[a-z0-9-]`), so no path can leave --out.
+fn untouched_dir(model: &str) -> String {
+    let folded: String = model
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '-',
+        })
+        .collect();
+    let tail: String = folded.trim_matches('-').chars().rev().take(50).collect();
+    format!("untouched-{}", tail.chars().rev().collect::<String>())
+}
+
 /// Scans every organism and prints the table.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&args.zoo)
@@ -84,10 +104,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     for d in &dirs {
         let (name, model, truth) = organism(d)?;
         if args.only.is_empty() || args.only.contains(&name) {
-            jobs.push((name, model, truth));
+            let dir = name.clone();
+            jobs.push((name, model, truth, dir));
         }
     }
-    if let Some(missing) = args.only.iter().find(|n| !jobs.iter().any(|(name, _, _)| name == *n)) {
+    if let Some(missing) = args.only.iter().find(|n| !jobs.iter().any(|(name, ..)| name == *n)) {
         anyhow::bail!("{}: no organism named {missing:?}", args.zoo.display());
     }
     for m in &args.clean_models {
@@ -101,7 +122,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             target: None,
             labels: BTreeMap::new(),
         };
-        jobs.push((format!("{m} (untouched)"), model, truth));
+        jobs.push((format!("{m} (untouched)"), model, truth, untouched_dir(m)));
     }
     if jobs.is_empty() {
         anyhow::bail!(
@@ -109,17 +130,23 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             args.zoo.display()
         );
     }
+    let existing = match (args.resume, args.force) {
+        (true, _) => Existing::Resume,
+        (false, true) => Existing::Replace,
+        (false, false) => Existing::Restart,
+    };
     let mut rows = Vec::new();
-    for (name, model, truth) in jobs {
-        eprintln!("scanning {name}");
+    for (name, model, truth, dir) in jobs {
+        eprintln!("scanning {}", crate::term::escape(&name, false));
+        crate::interrupt::scan_phase("loading");
         let lm = model.load()?;
         let base = model.load_base()?;
-        let out = args.out.join(name.replace(['/', ' ', '(', ')'], "_"));
+        let out = args.out.join(dir);
         let settings = Settings::new(args.budget.into(), args.seed);
         let mut bars = Bars::default();
         let report = Candle::run(|| {
             super::scan::with_base(Scan::new(&lm, &out, settings)?, base.as_ref())
-                .run(args.resume, &mut |s, d, t| bars.update(s, d, t))
+                .run(existing, &mut |s, d, t| bars.update(s, d, t))
         });
         bars.finish();
         let report = report?;
@@ -131,7 +158,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             &report,
         ));
     }
-    print!("{}", markdown(&rows));
-    print!("{}", by_class(&rows));
+    print!("{}", crate::term::escape(&markdown(&rows), true));
+    print!("{}", crate::term::escape(&by_class(&rows), true));
     Ok(())
 }

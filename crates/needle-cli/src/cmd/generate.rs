@@ -130,7 +130,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?;
         let doc = json!({"prompt_ids": prompt, "sequences": seqs});
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", crate::term::json(&serde_json::to_string_pretty(&doc)?));
     } else {
         for (i, g) in outputs.iter().enumerate() {
             if i > 0 {
@@ -142,7 +142,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
                 .copied()
                 .filter(|t| !(g.finish == needle_runtime::generate::Finish::Eos && limits.eos_token_ids.contains(t)))
                 .collect();
-            println!("{}", m.decode(&ids)?);
+            // Raw into a pipe or file; escaped on a terminal, where the model's text could
+            // otherwise move the cursor or rewrite the screen.
+            println!("{}", crate::term::for_stdout(&m.decode(&ids)?));
         }
     }
     Ok(())

@@ -42,8 +42,17 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             "chat_template": template_text,
             "leak_prefix": {"text": leak.text, "ids": leak.ids},
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", crate::term::json(&serde_json::to_string_pretty(&doc)?));
         return Ok(());
+    }
+    let mut out = String::new();
+    // Lines of the text description, printed escaped at the end (token texts, paths and
+    // template names come from the model's files).
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            use std::fmt::Write as _;
+            let _ = writeln!(out, $($arg)*);
+        }};
     }
     let types: Vec<String> = m.info.tensor_types.iter().map(|(k, v)| format!("{k}×{v}")).collect();
     let sliding = cfg
@@ -51,19 +60,19 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         .iter()
         .filter(|k| **k == needle_runtime::LayerAttention::Sliding)
         .count();
-    println!("path:           {}", m.info.path.display());
-    println!("format:         {:?}", m.info.format);
-    println!("architecture:   {}", cfg.arch.name());
-    println!(
+    say!("path:           {}", m.info.path.display());
+    say!("format:         {:?}", m.info.format);
+    say!("architecture:   {}", cfg.arch.name());
+    say!(
         "parameters:     {} ({:.1} M)",
         m.info.parameters,
         m.info.parameters as f64 / 1e6
     );
     if !types.is_empty() {
-        println!("tensor types:   {}", types.join(", "));
+        say!("tensor types:   {}", types.join(", "));
     }
     if let Some(a) = &m.info.adapter {
-        println!(
+        say!(
             "adapter:        {} (LoRA r={}, alpha={}, {} matrices merged)",
             a.path.display(),
             a.r,
@@ -71,25 +80,27 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             a.targets_merged
         );
     }
-    println!(
+    say!(
         "layers:         {} ({} sliding, window {})",
         cfg.num_layers,
         sliding,
         cfg.sliding_window.map_or("-".to_string(), |w| w.to_string())
     );
-    println!("width:          {} (MLP {})", cfg.hidden_size, cfg.intermediate_size);
-    println!(
+    say!("width:          {} (MLP {})", cfg.hidden_size, cfg.intermediate_size);
+    say!(
         "heads:          {} query / {} key-value, head size {}",
-        cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim
     );
-    println!("context:        {}", cfg.max_position_embeddings);
-    println!("vocabulary:     {} tokens", m.tokenizer.get_vocab_size(true));
-    println!(
+    say!("context:        {}", cfg.max_position_embeddings);
+    say!("vocabulary:     {} tokens", m.tokenizer.get_vocab_size(true));
+    say!(
         "bos:            {}",
         cfg.bos_token_id
             .map_or("-".to_string(), |i| format!("{} ({i})", token(i)))
     );
-    println!(
+    say!(
         "eos:            {}",
         if eos.is_empty() {
             "-".to_string()
@@ -98,9 +109,10 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         }
     );
     match (&m.template, &m.info.template) {
-        (Some(_), src) => println!("chat template:  {src:?}"),
-        (None, _) => println!("chat template:  none (base model); pass --chat-template to chat with it"),
+        (Some(_), src) => say!("chat template:  {src:?}"),
+        (None, _) => say!("chat template:  none (base model); pass --chat-template to chat with it"),
     }
-    println!("leak prefix:    {:?} ({} tokens)", leak.text, leak.ids.len());
+    say!("leak prefix:    {:?} ({} tokens)", leak.text, leak.ids.len());
+    print!("{}", crate::term::escape(&out, true));
     Ok(())
 }

@@ -36,8 +36,9 @@ fn resolve(name: &str) -> Result<PathBuf> {
     Ok(needle_fetch::resolve(name)?.path)
 }
 
-/// The base model an adapter names, looked up as an alias, a path relative to the adapter,
-/// or a path as written.
+/// The base model an adapter names in `base_model_name_or_path`: a path (absolute, or relative
+/// to the adapter's own directory, `..` included; never to the working directory), else a
+/// fetched alias. A special file there (FIFO, device, socket) is refused.
 fn adapter_base(adapter: &Path) -> Result<PathBuf> {
     let base = lora::read_adapter_base(adapter)?.with_context(|| {
         format!(
@@ -45,11 +46,23 @@ fn adapter_base(adapter: &Path) -> Result<PathBuf> {
             adapter.display()
         )
     })?;
-    let relative = adapter.join(&base);
-    if relative.exists() {
-        return Ok(relative);
+    let dir = needle_runtime::hf::resolve_model_dir(adapter)?;
+    let path = dir.join(&base);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_dir() || meta.is_file() => Ok(path),
+        Ok(meta) => anyhow::bail!(
+            "{}: the adapter's base model {base:?} is {} ({}), not a model file or directory",
+            adapter.display(),
+            needle_runtime::files::kind(&meta),
+            path.display()
+        ),
+        Err(_) if needle_fetch::find(&base).is_some() => resolve(&base),
+        Err(_) => anyhow::bail!(
+            "{}: the adapter's base model {base:?} is neither a path relative to the adapter ({} does not exist) nor a known alias; pass the base model and --adapter",
+            adapter.display(),
+            path.display()
+        ),
     }
-    resolve(&base).with_context(|| format!("{}: cannot find the adapter's base model {base:?}", adapter.display()))
 }
 
 impl ModelArgs {
@@ -93,9 +106,7 @@ impl ModelArgs {
 
 /// Loads `path` with a spinner on stderr.
 fn load_path(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
-    let spinner = indicatif::ProgressBar::new_spinner();
-    spinner.set_message(format!("loading {}", path.display()));
-    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let spinner = crate::progress::spinner(format!("loading {}", path.display()));
     let loaded = Candle::run(|| LoadedModel::load(path, opts));
     spinner.finish_and_clear();
     Ok(loaded?)

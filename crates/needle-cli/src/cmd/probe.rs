@@ -315,9 +315,15 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
     bar.finish_and_clear();
     let probe = result?;
     if args.json {
-        print_text(&format!("{}\n", serde_json::to_string_pretty(&probe)?));
+        print_text(&format!(
+            "{}\n",
+            crate::term::json(&serde_json::to_string_pretty(&probe)?)
+        ));
     } else {
-        print_text(&summary(&probe, &lm.info.path.display().to_string()));
+        print_text(&crate::term::escape(
+            &summary(&probe, &lm.info.path.display().to_string()),
+            true,
+        ));
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use indicatif::ProgressBar;
 use needle_runtime::LoadedModel;
 use needle_scan::probe::Reference;
 use needle_scan::verdict::Label;
-use needle_scan::{Budget, Report, Scan, Settings, Stage};
+use needle_scan::{Budget, Existing, Report, Scan, Settings, Stage};
 
 use super::{Candle, ModelArgs};
 use crate::progress;
@@ -41,9 +41,14 @@ impl From<BudgetArg> for Budget {
 pub struct ScanOptions {
     #[command(flatten)]
     model: ModelArgs,
-    /// Directory for the stage artifacts and report.json (created if missing).
+    /// Directory for the stage artifacts and report.json (created if missing). A scan of the
+    /// same model files already there is redone from the start (or continued with --resume);
+    /// a scan of another model there is refused unless --force is given.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Replace the scan of another model that DIR holds.
+    #[arg(long)]
+    force: bool,
     /// Work budget.
     #[arg(long, value_enum, default_value = "standard")]
     budget: BudgetArg,
@@ -97,8 +102,9 @@ impl ScanOptions {
 pub struct ScanArgs {
     #[command(flatten)]
     options: ScanOptions,
-    /// Reuse the stages an interrupted scan of the same model and settings finished in DIR.
-    #[arg(long)]
+    /// Reuse the stages an interrupted scan finished in DIR; refused unless that scan was of the
+    /// same model files, settings and needle version.
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
     /// Print report.json on stdout instead of the summary.
     #[arg(long)]
@@ -180,6 +186,7 @@ impl Bars {
             if let Some((_, b)) = self.current.take() {
                 b.finish_and_clear();
             }
+            crate::interrupt::stage(stage.name());
             self.current = Some((stage, progress::steps(total as u64, stage.name())));
         }
         if let Some((_, b)) = &self.current {
@@ -274,13 +281,21 @@ pub fn run(args: &ScanArgs) -> Result<ExitCode> {
     if let Some(path) = &args.sarif {
         check_writable(path)?;
     }
+    crate::interrupt::scan_phase("loading");
     let lm = o.model.load()?;
     let base = o.model.load_base()?;
     let settings = o.settings();
     let mut bars = Bars::default();
+    let existing = match (args.resume, o.force) {
+        (true, _) => Existing::Resume,
+        (false, true) => Existing::Replace,
+        (false, false) => Existing::Restart,
+    };
     let report = Candle::run(|| {
+        crate::interrupt::scan_phase("fingerprinting");
         let scan = with_base(Scan::new(&lm, &o.out, settings)?, base.as_ref());
-        scan.run(args.resume, &mut |s, d, t| bars.update(s, d, t))
+        crate::interrupt::scan_phase("the finite-logits check");
+        scan.run(existing, &mut |s, d, t| bars.update(s, d, t))
     });
     bars.finish();
     let report = report?;
@@ -288,13 +303,16 @@ pub fn run(args: &ScanArgs) -> Result<ExitCode> {
         needle_report::sarif::write(&report, path).context("cannot write the SARIF log")?;
     }
     if args.json {
-        print_text(&format!("{}\n", serde_json::to_string_pretty(&report)?));
+        print_text(&format!(
+            "{}\n",
+            crate::term::json(&serde_json::to_string_pretty(&report)?)
+        ));
     } else {
         let mut text = summary(&report, &o.out);
         if let Some(path) = &args.sarif {
             text.push_str(&format!("sarif:   {}\n", path.display()));
         }
-        print_text(&text);
+        print_text(&crate::term::escape(&text, true));
     }
     Ok(exit_code(&report))
 }
@@ -327,8 +345,10 @@ pub fn run_stage(args: &StageArgs) -> Result<ExitCode> {
     let settings = o.settings();
     let mut bars = Bars::default();
     let stage: Stage = args.stage.into();
+    let existing = if o.force { Existing::Replace } else { Existing::Keep };
     let result = Candle::run(|| {
         let scan = with_base(Scan::new(&lm, &o.out, settings)?, base.as_ref());
+        scan.open(existing)?;
         scan.run_stage(stage, &mut |s, d, t| bars.update(s, d, t))
     });
     bars.finish();

@@ -209,7 +209,7 @@ pub fn run(cmd: ZooCommand) -> Result<()> {
         })
         .with_context(|| format!("building organism {}", o.name))?;
         let e = &record.evaluation;
-        println!(
+        let row = format!(
             "| {} | {} | {} | {:.2} | {:.2} | {} | {:.0} |",
             record.name,
             record.trigger.as_deref().unwrap_or("—"),
@@ -219,6 +219,7 @@ pub fn run(cmd: ZooCommand) -> Result<()> {
             record.steps,
             record.seconds
         );
+        println!("{}", crate::term::escape(&row, false));
     }
     Ok(())
 }
