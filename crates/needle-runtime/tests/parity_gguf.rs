@@ -1,7 +1,8 @@
 //! Parity with Hugging Face transformers run on the same GGUF weights
-//! (goldens from `scripts/reference/golden_gguf.py`): the prompts' token ids (needle's tokenizer
-//! and chat template against transformers'), the logits at the last prompt position, 32 greedy
-//! tokens and the attention probabilities of chosen layers.
+//! (goldens from `scripts/reference/golden_gguf.py`): the architecture and shapes read from the
+//! metadata, the prompts' token ids (needle's tokenizer and chat template against
+//! transformers'), the logits at the last prompt position, 32 greedy tokens and the attention
+//! probabilities of chosen layers.
 //!
 //! The Qwen2.5-Coder models are not in the default set that `needle models fetch` and CI fetch
 //! (1.6 GB together); their tests skip with a note until
@@ -12,13 +13,38 @@ mod common;
 
 use candle_core::Tensor;
 use needle_runtime::generate::{generate, Limits, Request, Sampling};
-use needle_runtime::{Introspect, LoadOptions, LoadedModel};
+use needle_runtime::{Arch, Introspect, LayerAttention, LoadOptions, LoadedModel, ModelConfig};
+
+/// The architecture and shapes needle read from the GGUF metadata against transformers' config.
+fn check_config(alias: &str, cfg: &ModelConfig, want: &serde_json::Value) {
+    let n = |key: &str| want[key].as_u64().unwrap_or_else(|| panic!("config {key}")) as usize;
+    let model_type = want["model_type"].as_str().expect("model_type");
+    assert_eq!(Arch::from_name(model_type), Some(cfg.arch), "{alias}: architecture");
+    assert_eq!(cfg.vocab_size, n("vocab_size"), "{alias}: vocabulary");
+    assert_eq!(cfg.num_layers, n("num_hidden_layers"), "{alias}: layers");
+    assert_eq!(cfg.num_heads, n("num_attention_heads"), "{alias}: query heads");
+    assert_eq!(cfg.num_kv_heads, n("num_key_value_heads"), "{alias}: key-value heads");
+    assert_eq!(cfg.hidden_size, n("hidden_size"), "{alias}: width");
+    let layer_types: Vec<LayerAttention> = match want["layer_types"].as_array() {
+        None => vec![LayerAttention::Global; cfg.num_layers],
+        Some(types) => types
+            .iter()
+            .map(|t| match t.as_str().expect("layer type") {
+                "full_attention" => LayerAttention::Global,
+                "sliding_attention" => LayerAttention::Sliding,
+                other => panic!("{alias}: layer type {other}"),
+            })
+            .collect(),
+    };
+    assert_eq!(cfg.layer_attention, layer_types, "{alias}: layer types");
+}
 
 fn check_model(alias: &str, golden_file: &str) {
     let Some(path) = common::real_model(alias) else { return };
     let g = common::golden(golden_file);
     let loaded = LoadedModel::load(&path, &LoadOptions::default()).expect("load");
     let model = &loaded.model;
+    check_config(alias, model.config(), &g["config"]);
     let prompts = g["prompts"].as_array().expect("prompts");
     for p in prompts {
         let name = p["name"].as_str().expect("name");
