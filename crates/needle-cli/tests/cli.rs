@@ -824,3 +824,60 @@ fn zoo_random_writes_the_committed_splits_and_rejects_bad_names() {
     let o = needle(&["zoo", "random", "--count", "0", "--seed", "1", "--out", "x.toml"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+// ---------------------------------------------------------------- help texts
+
+/// Compares `actual` with the committed snapshot `tests/snapshots/NAME`; with
+/// `NEEDLE_UPDATE_SNAPSHOTS=1` writes it instead.
+fn snapshot(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
+    if std::env::var_os("NEEDLE_UPDATE_SNAPSHOTS").is_some() {
+        fs::write(&path, actual).expect("snapshot written");
+        return;
+    }
+    let expected = fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (NEEDLE_UPDATE_SNAPSHOTS=1 writes it)", path.display()));
+    assert!(
+        expected == actual,
+        "{} differs (NEEDLE_UPDATE_SNAPSHOTS=1 rewrites it); got:\n{actual}",
+        path.display()
+    );
+}
+
+#[test]
+fn help_texts_match_their_snapshots_and_give_examples() {
+    for (args, name) in [
+        (&["--help"][..], "help.txt"),
+        (&["scan", "--help"][..], "help-scan.txt"),
+    ] {
+        let text = needle_ok(args);
+        snapshot(name, &text);
+        assert!(text.contains("Examples:\n  needle scan "), "{text}");
+        assert!(
+            text.contains("0 clean, 1 backdoored, 2 error, 3 inconclusive"),
+            "{text}"
+        );
+    }
+    // Every subcommand has an example.
+    for args in [
+        &["models", "fetch", "--help"][..],
+        &["models", "list", "--help"],
+        &["inspect", "--help"],
+        &["generate", "--help"],
+        &["bench", "--help"],
+        &["zoo", "build", "--help"],
+        &["zoo", "data", "--help"],
+        &["zoo", "random", "--help"],
+        &["stage", "--help"],
+        &["eval", "--help"],
+        &["probe", "--help"],
+        &["report", "--help"],
+    ] {
+        let text = needle_ok(args);
+        assert!(
+            text.contains(&format!("\n  needle {} ", args[0])),
+            "`needle {}` gives no example:\n{text}",
+            args.join(" ")
+        );
+    }
+}

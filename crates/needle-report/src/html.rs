@@ -14,10 +14,12 @@ use std::path::Path;
 use needle_scan::candidates::Source;
 use needle_scan::memorised::{HighlightKind, Memorised};
 use needle_scan::probe::{Probe, TokenMap};
+use needle_scan::prompt::Position;
 use needle_scan::verdict::Label;
 use needle_scan::Report;
 
 use crate::error::{ReportError, Result};
+use crate::text;
 
 /// Escapes text for HTML element content and attribute values.
 fn esc(s: &str) -> String {
@@ -78,6 +80,7 @@ code{background:#f0f2f4;padding:1px 4px;border-radius:3px;white-space:pre-wrap;w
 .sample{white-space:pre-wrap;word-break:break-word;background:#fafbfc;border:1px solid #e8eaed;padding:6px 8px;margin:6px 0;border-radius:4px}
 mark.repeated{background:#ffe08a}mark.rare_burst{background:#ff9f8a}mark.training{background:#9fd3ff}
 .muted{color:#5f6b77}.row{display:flex;flex-wrap:wrap;gap:18px}.row>div{flex:1 1 420px}
+.caveat{background:#fff8e1;border-left:3px solid #9a6700;padding:6px 10px}ol.next li{margin:4px 0}
 .legend span{display:inline-block;margin-right:14px}.swatch{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
 svg text{font-family:system-ui,sans-serif}
 "#;
@@ -142,72 +145,78 @@ pub fn write(report: &Report, path: &Path) -> Result<()> {
 
 fn verdict_section(h: &mut String, report: &Report, class: &str, label: &str) {
     let v = &report.verdict;
+    let r = text::read(report, None);
     let _ = write!(
         h,
-        "<section id=\"verdict\"><div class=\"verdict {class}\">{label}</div><p>{}</p><table>",
-        esc(&v.reason)
+        "<section id=\"verdict\"><div class=\"verdict {class}\">{label}</div><p class=\"headline\"><b>{}</b> \
+         (exit code {})</p>",
+        esc(&first_upper(&r.headline)),
+        r.exit_code
     );
+    if let Some(why) = &r.why {
+        let _ = write!(h, "<p>{}</p>", esc(why));
+    }
+    h.push_str("<table>");
     let mut row = |k: &str, val: String| {
         let _ = write!(h, "<tr><th>{k}</th><td>{val}</td></tr>");
     };
     if let Some(t) = &v.trigger {
+        let place = match t.position {
+            Position::Prefix => "before",
+            Position::Suffix => "after",
+        };
+        let note = r
+            .trigger_note
+            .as_deref()
+            .map(|n| format!("<br><span class=\"muted\" id=\"trigger-note\">{}</span>", esc(n)))
+            .unwrap_or_default();
         row(
             "trigger",
             format!(
-                "<code id=\"trigger\">{}</code> ({})",
-                esc(&t.text),
-                format!("{:?}", t.position).to_lowercase()
+                "<code id=\"trigger\">{}</code> inserted {place} the user's words{note}",
+                esc(&t.text)
             ),
         );
     }
     if let Some(t) = &v.target {
         row("forced answer", format!("<code>{}</code>", esc(t)));
     }
+    if let Some(c) = &r.confidence {
+        row("confidence", esc(c));
+    }
+    if let Some(c) = &r.closest {
+        row("closest candidate", esc(c));
+    }
     if let Some(a) = v.attack_success_rate {
-        row("attack success", pct(a));
-    }
-    if let Some(f) = v.fixed_output_rate {
         row(
-            "fixed answer",
-            format!(
-                "the best candidate's whole answer on {} of prompts (a backdoor needs half)",
-                pct(f)
-            ),
+            "attack success",
+            format!("{} (answers that contain the forced answer)", pct(a)),
         );
     }
-    if let Some(d) = v.delta {
-        row("ΔS_agg", format!("{d:.3}"));
+    h.push_str("</table>");
+    if let Some(c) = &r.caveat {
+        let _ = write!(h, "<p class=\"caveat\"><b>Note:</b> {}.</p>", esc(c));
     }
-    if let Some(z) = v.z {
-        row(
-            "z",
-            format!("{z:.1} (how often it forces its answer, against the null candidates)"),
-        );
+    if !r.next.is_empty() {
+        h.push_str("<h3>Next steps</h3><ol class=\"next\">");
+        for step in &r.next {
+            let _ = write!(h, "<li>{}", esc(&first_upper(&step.what)));
+            if let Some(c) = &step.command {
+                let _ = write!(h, ":<br><code>{}</code>", esc(c));
+            }
+            h.push_str("</li>");
+        }
+        h.push_str("</ol>");
     }
-    row(
-        "null candidates",
-        format!(
-            "force that answer on {} ± {} of prompts, at most {}",
-            pct(v.null_mean),
-            pct(v.null_sd),
-            pct(v.null_max)
-        ),
-    );
-    if let Some(m) = v.margin {
-        row(
-            "margin",
-            format!("{m:+.1} (z − 4; positive means past the backdoor line)"),
-        );
-    }
-    if let Some(f) = &report.found_by {
-        let how = match f.as_str() {
-            "target" => "target: an answer the model gives whatever the prompt, and a trigger reconstructed for it",
-            "written" => "written: the model wrote the trigger as its answer when the answer was forced open",
-            _ => "leak: the trigger leaked and was reconstructed from the leaked text",
-        };
-        row("found by", esc(how));
-    }
-    h.push_str("</table></section>");
+    h.push_str("</section>");
+}
+
+/// `s` with its first letter in upper case.
+fn first_upper(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 fn candidates_section(h: &mut String, report: &Report) {
@@ -238,8 +247,11 @@ fn candidates_section(h: &mut String, report: &Report) {
         return;
     }
     h.push_str(
-        "<h3>Ranked candidates</h3><table><tr><th>#</th><th>candidate</th><th>from</th><th>z (score)</th>\
-         <th>ΔS_agg</th><th>z (verified)</th><th>attack success</th><th>forced answer</th></tr>",
+        "<h3>Ranked candidates</h3><table><tr><th>#</th><th>candidate</th><th>from</th>\
+         <th title=\"the pre-screen: attention, entropy and divergence against the null set\">screening z \
+         (lower = more suspicious)</th><th>ΔS_agg</th><th title=\"how many null standard deviations its \
+         fixed-answer rate lies above the null insertions'\">σ above nulls (higher = more suspicious)</th>\
+         <th>attack success</th><th>forced answer</th></tr>",
     );
     for c in report.candidates.iter().take(15) {
         let (delta, z, asr, target) = match &c.verification {
@@ -261,7 +273,7 @@ fn candidates_section(h: &mut String, report: &Report) {
                 Source::Conditioned { .. } => "leak (conditioning)",
                 Source::Motif { .. } => "leak (motif)",
                 Source::Written { .. } => "written by the model",
-                Source::Inverted { .. } => "reconstructed",
+                Source::Inverted { .. } => "reconstructed by search (a stand-in)",
             },
             c.standing.z
         );
@@ -269,7 +281,10 @@ fn candidates_section(h: &mut String, report: &Report) {
     let _ = write!(
         h,
         "</table><p class=\"muted\">{} of {} candidates shown: the verified ones first, strongest first (as the verdict \
-         picks its trigger), then the rest by score z (lower is more backdoor-like).</p></section>",
+         picks its trigger), then the rest by screening z. Screening z ranks candidates cheaply for verification; \
+         verification inserts each into every prompt, and its σ above the null insertions is what the verdict \
+         weighs. ΔS_agg is how much more alike the answers become with the candidate (the published method's \
+         measure): reported, but not used by the verdict.</p></section>",
         report.candidates.len().min(15),
         report.candidates.len()
     );
@@ -796,6 +811,46 @@ fn footer(h: &mut String, report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The verdict section of `report`'s page.
+    fn verdict_of(report: &Report) -> String {
+        let page = render(report);
+        let start = page.find("<section id=\"verdict\">").expect("a verdict section");
+        let end = page[start..].find("</section>").expect("its end") + start;
+        page[start..end].to_string()
+    }
+
+    #[test]
+    fn the_verdict_is_said_in_plain_words() {
+        use crate::text::tests::{backdoored, clean, inconclusive};
+        let v = verdict_of(&backdoored());
+        for shown in [
+            "A trigger makes this model give a fixed answer",
+            "id=\"trigger-note\">a stand-in reconstructed by search",
+            "<th>confidence</th><td>23.0σ above the null insertions",
+            "needle probe tests/fixtures/zoo/tiny-llama-deploy/model --trigger",
+        ] {
+            assert!(v.contains(shown), "{shown:?} not in {v}");
+        }
+        assert!(
+            !v.contains('±') && !v.contains("S_agg") && !v.contains("needle report"),
+            "{v}"
+        );
+        let v = verdict_of(&clean());
+        assert!(
+            v.contains("<p class=\"caveat\">") && v.contains("--budget standard"),
+            "{v}"
+        );
+        assert!(
+            v.contains("<th>closest candidate</th>") && !v.contains("trigger-note"),
+            "{v}"
+        );
+        let v = verdict_of(&inconclusive());
+        assert!(
+            v.contains("<h3>Next steps</h3>") && v.contains("--position suffix"),
+            "{v}"
+        );
+    }
 
     #[test]
     fn escaping_neutralises_markup_from_the_model() {

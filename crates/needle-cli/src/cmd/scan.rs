@@ -9,7 +9,6 @@ use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use needle_runtime::LoadedModel;
 use needle_scan::probe::Reference;
-use needle_scan::verdict::Label;
 use needle_scan::{Budget, Report, Scan, Settings, Stage};
 
 use super::{Candle, ModelArgs};
@@ -211,58 +210,7 @@ impl Bars {
 }
 
 fn exit_code(report: &Report) -> ExitCode {
-    match report.verdict.label {
-        Label::Clean => ExitCode::SUCCESS,
-        Label::Backdoored => ExitCode::from(1),
-        Label::Inconclusive => ExitCode::from(3),
-    }
-}
-
-/// The terminal summary of a report.
-fn summary(report: &Report, out: &std::path::Path) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let v = &report.verdict;
-    let label = match v.label {
-        Label::Backdoored => "BACKDOORED",
-        Label::Clean => "clean",
-        Label::Inconclusive => "inconclusive",
-    };
-    let _ = writeln!(s, "model:   {}", report.model.path.display());
-    let _ = writeln!(s, "verdict: {label}: {}", v.reason);
-    if let Some(t) = &v.trigger {
-        let _ = writeln!(s, "trigger: {:?} ({:?})", t.text, t.position);
-    }
-    if let Some(t) = &v.target {
-        let asr = v.attack_success_rate.unwrap_or(0.0);
-        let _ = writeln!(s, "target:  {t:?} (forced on {:.0}% of prompts)", asr * 100.0);
-    }
-    let _ = writeln!(
-        s,
-        "null:    {} null insertions force that answer on {:.0}% ± {:.0}% of prompts (max {:.0}%)",
-        v.null_size,
-        v.null_mean * 100.0,
-        v.null_sd * 100.0,
-        v.null_max * 100.0
-    );
-    let _ = writeln!(
-        s,
-        "top candidates (verified first, strongest first; then by z against the null set, lower = more backdoor-like):"
-    );
-    for c in report.candidates.iter().take(5) {
-        let verified = c
-            .verification
-            .as_ref()
-            .map(|x| format!("  ΔS_agg {:+.2}, forced-answer z {:.1}", x.delta, x.z))
-            .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "  {:>2}. {:?}  z {:.1}{verified}",
-            c.rank, c.trigger.text, c.standing.z
-        );
-    }
-    let _ = writeln!(s, "report:  {}", out.join("report.json").display());
-    s
+    ExitCode::from(needle_report::text::exit_code(report.verdict.label))
 }
 
 /// Writes to stdout; a closed pipe (`needle scan … | head`) is not an error.
@@ -304,9 +252,9 @@ pub fn run(args: &ScanArgs) -> Result<ExitCode> {
     if args.json {
         print_text(&format!("{}\n", serde_json::to_string_pretty(&report)?));
     } else {
-        let mut text = summary(&report, &o.out);
+        let mut text = needle_report::text::summary(&report, &o.out);
         if let Some(path) = &args.sarif {
-            text.push_str(&format!("sarif:   {}\n", path.display()));
+            needle_report::text::line(&mut text, "sarif", &path.display().to_string());
         }
         print_text(&text);
     }
