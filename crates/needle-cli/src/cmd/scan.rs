@@ -6,13 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use indicatif::ProgressBar;
 use needle_runtime::LoadedModel;
 use needle_scan::probe::Reference;
 use needle_scan::{Budget, Report, Scan, Settings, Stage};
 
 use super::{Candle, ModelArgs};
-use crate::progress;
+use crate::progress::Bars;
 
 /// Examples at the end of `needle scan --help`.
 pub const EXAMPLES: &str = "\
@@ -180,35 +179,6 @@ pub struct StageArgs {
     options: ScanOptions,
 }
 
-/// One progress bar per stage, replaced when the stage changes.
-#[derive(Default)]
-pub(crate) struct Bars {
-    current: Option<(Stage, ProgressBar)>,
-}
-
-impl Bars {
-    /// Shows `stage`'s progress, replacing the previous stage's bar.
-    pub(crate) fn update(&mut self, stage: Stage, done: usize, total: usize) {
-        if self.current.as_ref().is_none_or(|(s, _)| *s != stage) {
-            if let Some((_, b)) = self.current.take() {
-                b.finish_and_clear();
-            }
-            self.current = Some((stage, progress::steps(total as u64, stage.name())));
-        }
-        if let Some((_, b)) = &self.current {
-            b.set_length(total as u64);
-            b.set_position(done as u64);
-        }
-    }
-
-    /// Clears the last bar.
-    pub(crate) fn finish(&mut self) {
-        if let Some((_, b)) = self.current.take() {
-            b.finish_and_clear();
-        }
-    }
-}
-
 fn exit_code(report: &Report) -> ExitCode {
     ExitCode::from(needle_report::text::exit_code(report.verdict.label))
 }
@@ -244,7 +214,7 @@ pub fn run(args: &ScanArgs) -> Result<ExitCode> {
         let scan = with_base(Scan::new(&lm, &o.out, settings)?, base.as_ref());
         scan.run(args.resume, &mut |s, d, t| bars.update(s, d, t))
     });
-    bars.finish();
+    bars.finish(report.is_ok());
     let report = report?;
     if let Some(path) = &args.sarif {
         needle_report::sarif::write(&report, path).context("cannot write the SARIF log")?;
@@ -293,7 +263,7 @@ pub fn run_stage(args: &StageArgs) -> Result<ExitCode> {
         let scan = with_base(Scan::new(&lm, &o.out, settings)?, base.as_ref());
         scan.run_stage(stage, &mut |s, d, t| bars.update(s, d, t))
     });
-    bars.finish();
+    bars.finish(result.is_ok());
     result?;
     println!("{}", o.out.join(stage.file()).display());
     Ok(ExitCode::SUCCESS)
