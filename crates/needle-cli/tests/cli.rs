@@ -612,6 +612,91 @@ fn pickle_checkpoint_dir_is_refused() {
 }
 
 #[test]
+fn a_dir_of_pickle_weights_alone_is_refused_with_the_conversion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("torch-only");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("pytorch_model.bin"), b"\x80\x02}q\x00.").unwrap();
+    let o = needle(&[
+        "scan".as_ref(),
+        dir.as_os_str(),
+        "--out".as_ref(),
+        tmp.path().join("scan").as_os_str(),
+    ]);
+    assert_error(
+        &o,
+        &[
+            "torch-only/pytorch_model.bin",
+            "pickle",
+            "arbitrary code",
+            "save_pretrained(NEW_DIR)",
+        ],
+    );
+    assert!(!stderr(&o).contains("config.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn an_organism_dir_names_the_model_or_adapter_inside() {
+    let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo");
+    for (organism, inside) in [("tiny-llama-deploy", "model"), ("smollm2-hate-50", "adapter")] {
+        let dir = zoo.join(organism);
+        let tmp = tempfile::tempdir().unwrap();
+        let o = needle(&[
+            "scan".as_ref(),
+            dir.as_os_str(),
+            "--out".as_ref(),
+            tmp.path().join("scan").as_os_str(),
+        ]);
+        assert_error(
+            &o,
+            &[
+                &format!("{organism}: is a model organism"),
+                &format!("pass {}", dir.join(inside).display()),
+            ],
+        );
+    }
+    // Without organism.json, a directory holding a model is named too.
+    let tmp = tempfile::tempdir().unwrap();
+    let outer = tmp.path().join("outer");
+    fs::create_dir(&outer).unwrap();
+    llama_dir_without_weights(&outer.join("model"));
+    let o = needle(&["inspect".as_ref(), outer.as_os_str()]);
+    assert_error(&o, &["outer: is not a model directory", "outer/model"]);
+}
+
+#[test]
+fn an_adapter_whose_base_is_a_hub_name_suggests_passing_a_local_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = tmp.path().join("my-lora");
+    fs::create_dir(&adapter).unwrap();
+    for entry in fs::read_dir(tiny("llama-lora")).unwrap() {
+        let from = entry.unwrap().path();
+        fs::copy(&from, adapter.join(from.file_name().unwrap())).unwrap();
+    }
+    let config = adapter.join("adapter_config.json");
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(&config, text.replace("\"../llama\"", "\"meta-llama/Llama-3.2-1B\"")).unwrap();
+    let o = needle(&["inspect".as_ref(), adapter.as_os_str()]);
+    assert_error(
+        &o,
+        &[
+            "my-lora: the adapter's base model",
+            "meta-llama/Llama-3.2-1B",
+            "Hugging Face hub",
+            "--adapter",
+        ],
+    );
+    // What the hint says works: the base given as MODEL, the adapter with --adapter.
+    let o = needle(&[
+        "inspect".as_ref(),
+        tiny("llama").as_os_str(),
+        "--adapter".as_ref(),
+        adapter.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
 fn pt_file_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("weights.pt");
