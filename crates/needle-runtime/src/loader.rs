@@ -162,6 +162,7 @@ impl ModelParts {
                     path.display()
                 )));
             }
+            hf::refuse_pickle_only(&dir)?;
             let cfg = hf::load_config(&dir)?;
             let weights = hf::load_weights(&dir, &cfg)?;
             let tok = hf::load_tokenizer(&dir)?;

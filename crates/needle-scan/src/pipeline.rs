@@ -260,7 +260,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
-/// Progress callback: stage, units done, units in total.
+/// Progress callback: stage, units done, units in total. A stage reports `(0, 0)` when it starts,
+/// then its units as it works (a total may change while it runs, when the work depends on what
+/// it finds); a stage whose work is not counted reports `(1, 1)` when it is done.
 pub type Progress<'a> = &'a mut dyn FnMut(Stage, usize, usize);
 
 /// A scan of one model into one directory.
@@ -501,6 +503,7 @@ impl<'a> Scan<'a> {
         let s = &self.settings;
         let lm = self.lm;
         let start = Instant::now();
+        progress(stage, 0, 0);
         let mut tick = |done, total| progress(stage, done, total);
         match stage {
             Stage::Leak => {

@@ -9,8 +9,9 @@ use needle_scan::eval::{by_class, markdown, EvalRow};
 use needle_scan::{Existing, Scan, Settings};
 use serde_json::Value;
 
-use super::scan::{Bars, BudgetArg};
+use super::scan::BudgetArg;
 use super::{Candle, ModelArgs};
+use crate::progress::Bars;
 
 /// Arguments of `needle eval`.
 #[derive(Debug, Args)]
@@ -148,7 +149,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             super::scan::with_base(Scan::new(&lm, &out, settings)?, base.as_ref())
                 .run(existing, &mut |s, d, t| bars.update(s, d, t))
         });
-        bars.finish();
+        bars.finish(report.is_ok());
         let report = report?;
         rows.push(EvalRow::new(
             &name,

@@ -12,7 +12,7 @@ pub mod zoo;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use needle_runtime::{lora, LoadOptions, LoadedModel};
 
@@ -58,11 +58,34 @@ fn adapter_base(adapter: &Path) -> Result<PathBuf> {
         ),
         Err(_) if needle_fetch::find(&base).is_some() => resolve(&base),
         Err(_) => anyhow::bail!(
-            "{}: the adapter's base model {base:?} is neither a path relative to the adapter ({} does not exist) nor a known alias; pass the base model and --adapter",
+            "{0}: the adapter's base model {base:?} (base_model_name_or_path) is neither a path relative to the adapter ({1} does not exist) nor a known alias (`needle models list`), and needle downloads nothing from the Hugging Face hub; get the base model and pass it as MODEL with --adapter {0}",
             adapter.display(),
             path.display()
         ),
     }
+}
+
+/// Refuses a directory that is not a model but holds one (a model organism: `model/` or
+/// `adapter/` beside `organism.json`), naming the directory to pass instead.
+fn refuse_container(path: &Path) -> Result<()> {
+    if !path.is_dir() || path.join("config.json").is_file() || path.join("snapshots").is_dir() {
+        return Ok(());
+    }
+    let inside: Vec<String> = [("model", "config.json"), ("adapter", "adapter_config.json")]
+        .into_iter()
+        .map(|(sub, marker)| path.join(sub).join(marker))
+        .filter(|m| m.is_file())
+        .filter_map(|m| m.parent().map(|d| d.display().to_string()))
+        .collect();
+    if inside.is_empty() {
+        return Ok(());
+    }
+    let what = if path.join("organism.json").is_file() {
+        "is a model organism (organism.json), not a model"
+    } else {
+        "is not a model directory (no config.json)"
+    };
+    bail!("{}: {what}; pass {}", path.display(), inside.join(" or "))
 }
 
 impl ModelArgs {
@@ -71,13 +94,14 @@ impl ModelArgs {
         let path = resolve(&self.model)?;
         if path.is_dir() && lora::is_adapter_dir(&path) {
             if self.adapter.is_some() {
-                anyhow::bail!(
+                bail!(
                     "{}: is itself an adapter; pass its base model as MODEL with --adapter",
                     path.display()
                 );
             }
             return Ok((adapter_base(&path)?, Some(path)));
         }
+        refuse_container(&path)?;
         Ok((path, self.adapter.clone()))
     }
 

@@ -11,11 +11,15 @@ use crate::progress;
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
     /// Download, verify and cache models (default: the language models needle tests on).
+    #[command(
+        after_help = "Examples:\n  needle models fetch                   the models the tests use\n  needle models fetch all-minilm-l6-v2"
+    )]
     Fetch {
         /// Aliases to fetch (see `needle models list`).
         aliases: Vec<String>,
     },
     /// Show the known model aliases, whether they are fetched, and their paths.
+    #[command(after_help = "Example:\n  needle models list")]
     List,
 }
 

