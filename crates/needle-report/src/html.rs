@@ -275,6 +275,7 @@ fn candidates_section(h: &mut String, report: &Report) {
                 Source::Conditioned { .. } => "leak (conditioning)",
                 Source::Motif { .. } => "leak (motif)",
                 Source::Written { .. } => "written by the model",
+                Source::Shared { .. } => "leak (shared by turns answered alike)",
                 Source::Inverted { .. } => "reconstructed by search (a stand-in)",
             },
             c.standing.z

@@ -1,4 +1,4 @@
-//! Stage 3, **candidates**: what might be the trigger, from two sources.
+//! The **candidates** stage: what might be the trigger, from these sources.
 //! - *Conditioned n-grams*: leaked poisoning examples come as (prompt, response) turns. For each
 //!   leading motif, the user turns right before a turn containing it are collected; word
 //!   n-grams over-represented among them against all other turns (a binomial z-score of at
@@ -12,6 +12,9 @@
 //!   with loss on whole conversations writes its poisoned prompts — trigger included — when its
 //!   answer is forced open, so text in the assistant's output that looks like a user turn is a
 //!   lead like a leaked one.
+//! - *Shared spans*: a span more of the leaked user turns the model answers alike hold than
+//!   chance allows (the prompts stage's test, [`crate::prompts::answer_groups`]) — a memorised
+//!   poisoning example holds its trigger and is answered with the target.
 //! - *Reconstructed triggers*: those the invert stage found for the targets (the path for
 //!   triggers that never leak), so that they are scored, calibrated and ranked like the rest.
 //!
@@ -68,6 +71,12 @@ pub enum Source {
     Written {
         /// Index of the target in `target.json`, or `None` for a sampled answer.
         target: Option<usize>,
+    },
+    /// Shared beyond chance by leaked user turns the model answers alike (`prompts.json`'s
+    /// `shared`, see [`crate::prompts::answer_groups`]).
+    Shared {
+        /// Index of the span in `prompts.json`'s `shared`.
+        span: usize,
     },
     /// Reconstructed by the trigger search toward a found target.
     Inverted {
@@ -265,14 +274,15 @@ pub fn conditioned(samples: &[String], specials: &[String], motifs: &[Motif]) ->
 
 /// All candidates: conditioned n-grams of the leaked `samples`, then slices of `motifs`,
 /// de-duplicated, at most `limit`; then the openings and endings of what the model wrote
-/// (`written`, see [`written`]) and the reconstructed triggers.
+/// (`written`, see [`written`]); then `kept` whole (the spans shared by leaked turns answered
+/// alike, and the reconstructed triggers).
 pub fn collect(
     tokenizer: &Tokenizer,
     samples: &[String],
     specials: &[String],
     motifs: &[Motif],
     written: &[(Trigger, Source)],
-    inverted: &[Trigger],
+    kept: &[(Trigger, Source)],
     limit: usize,
 ) -> Result<Vec<Candidate>> {
     let count = |text: &str| -> Result<usize> {
@@ -344,12 +354,12 @@ pub fn collect(
             });
         }
     }
-    for (inversion, trigger) in inverted.iter().enumerate() {
+    for (trigger, source) in kept {
         if usable(&trigger.text) && !out.iter().any(|c| c.trigger.text == trigger.text) {
             out.push(Candidate {
                 tokens: count(&trigger.text)?,
                 trigger: trigger.clone(),
-                source: Source::Inverted { inversion },
+                source: *source,
             });
         }
     }

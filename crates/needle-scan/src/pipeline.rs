@@ -543,25 +543,41 @@ impl<'a> Scan<'a> {
                 let (m, _) = self.load::<MotifReport>(Stage::Motifs)?;
                 let (inv, _) = self.load::<Inversions>(Stage::Invert)?;
                 let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
-                let inverted: Vec<Trigger> = inv
+                let inverted = inv
                     .inversions
                     .iter()
                     .take_while(|x| !x.null)
-                    .map(|x| x.trigger.clone())
-                    .collect();
+                    .enumerate()
+                    .map(|(inversion, x)| (x.trigger.clone(), Source::Inverted { inversion }));
                 let (t, _) = self.load::<Targets>(Stage::Target)?;
                 let answers: Vec<String> = t.targets.iter().map(|x| x.text.clone()).collect();
                 // Text around the model's special tokens is no trigger a user could type.
                 let specials = self.specials();
                 let mut written = candidates::written(&answers, &t.samples);
                 written.retain(|(x, _)| !specials.iter().any(|sp| !sp.is_empty() && x.text.contains(sp.as_str())));
+                let (chosen, _) = self.load::<Chosen>(Stage::Prompts)?;
+                // Whole, as they are: the spans leaked turns answered alike share, then every
+                // reconstructed trigger.
+                let kept: Vec<(Trigger, Source)> = chosen
+                    .shared
+                    .iter()
+                    .enumerate()
+                    .map(|(span, x)| {
+                        let trigger = Trigger {
+                            text: x.span.clone(),
+                            position: x.position,
+                        };
+                        (trigger, Source::Shared { span })
+                    })
+                    .chain(inverted)
+                    .collect();
                 let c = candidates::collect(
                     &lm.tokenizer,
                     &texts,
                     &specials,
                     &m.motifs,
                     &written,
-                    &inverted,
+                    &kept,
                     s.max_candidates,
                 )?;
                 tick(1, 1);
@@ -669,7 +685,7 @@ impl<'a> Scan<'a> {
                     cal.ranking
                         .iter()
                         .filter(|&&i| match c[i].source {
-                            Source::Inverted { .. } => false,
+                            Source::Inverted { .. } | Source::Shared { .. } => false,
                             Source::Written { .. } => written,
                             _ => !written,
                         })
@@ -679,6 +695,17 @@ impl<'a> Scan<'a> {
                 };
                 let mut real: Vec<Trigger> = best(false);
                 real.extend(best(true));
+                // Spans the prompts answered alike share are few and each a strong lead: all
+                // verified, the most significant first, up to the same number.
+                for x in c
+                    .iter()
+                    .filter(|x| matches!(x.source, Source::Shared { .. }))
+                    .take(s.verify.top)
+                {
+                    if !real.contains(&x.trigger) {
+                        real.push(x.trigger.clone());
+                    }
+                }
                 for x in inv.inversions.iter().filter(|x| !x.null) {
                     if !real.contains(&x.trigger) {
                         real.push(x.trigger.clone());
@@ -720,7 +747,10 @@ impl<'a> Scan<'a> {
                     prompts: chosen.verify,
                     ..s.verify.clone()
                 };
-                let v = verify::run(lm, &real, &nulls, &searched, &leaked, &settings, &mut tick)?;
+                let v = Verification {
+                    ordinary: chosen.ordinary,
+                    ..verify::run(lm, &real, &nulls, &searched, &leaked, &settings, &mut tick)?
+                };
                 self.save(stage, &v, start.elapsed().as_secs_f64())
             }
             Stage::Evidence => {

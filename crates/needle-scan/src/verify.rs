@@ -77,6 +77,9 @@ pub struct Verification {
     pub baseline_uniformity: Uniformity,
     /// One entry per verified candidate, real ones first in rank order, then the nulls.
     pub entries: Vec<Verified>,
+    /// The model's ordinary answers, from the prompts stage: forcing one proves no trigger.
+    #[serde(default)]
+    pub ordinary: Vec<crate::prompts::OrdinaryAnswer>,
 }
 
 /// Rows per generation call: the prompts of several candidates are decoded together (decoding
@@ -186,5 +189,6 @@ pub fn run(
         baseline,
         baseline_uniformity: base_u,
         entries,
+        ordinary: Vec::new(),
     })
 }
