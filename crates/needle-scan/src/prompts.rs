@@ -6,9 +6,12 @@
 //! untriggered, while on its own kind of prompt it answers normally and a trigger's effect
 //! stands out. Prompts are ordered by how much more likely the model finds each as a user's
 //! words than as an answer, so that answer-like text a model trained on answers only writes in
-//! the user's place comes last; a leaked turn is left out when its untriggered answer is empty
-//! or another prompt's (a memorised poisoning example answered with its target), and the
-//! ordered pool is dealt to the three uses in proportion, so each sees the same kinds.
+//! the user's place comes last. A prompt whose untriggered answer is empty or another prompt's
+//! is left out — a memorised poisoning example answered with its target, or an instruction a
+//! narrow model answers with whatever it falls into — the generic ones kept in reserve for a
+//! pool too small without them; the ordered pool is dealt to the three uses in proportion, so
+//! each sees the same kinds. The groups of prompts answered alike also give candidate triggers
+//! and the model's ordinary answers ([`answer_groups`]).
 
 use needle_runtime::{Introspect, LoadedModel, LogitPositions};
 use serde::{Deserialize, Serialize};
@@ -104,7 +107,7 @@ pub struct Pooled {
     pub user_nll: f64,
     /// The same as an answer to an ordinary question.
     pub answer_nll: f64,
-    /// The untriggered greedy answer (leaked turns only).
+    /// The untriggered greedy answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
     /// Why it was left out, if it was.
@@ -157,14 +160,15 @@ pub struct SharedSpan {
 pub struct OrdinaryAnswer {
     /// The untriggered answer.
     pub answer: String,
-    /// Prompts answered with it that hold no span shared beyond chance by the prompts so answered.
+    /// The model's own prompts (leaked turns) answered with it that hold no span shared beyond
+    /// chance by the prompts so answered.
     pub unexplained: usize,
     /// Prompts answered with it that hold that span (memorised poisoning examples and their trigger).
     pub explained: usize,
     /// The span, if one was shared beyond chance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub span: Option<String>,
-    /// Prompts in the pool.
+    /// The model's own prompts in the pool.
     pub of: usize,
     /// Probability of `unexplained` or more such prompts were the answer a backdoor target that
     /// fires untriggered on [`FALSE_TRIGGER_RATE`] of ordinary prompts.
@@ -368,37 +372,21 @@ pub fn run(
         .unwrap_or_default();
     progress(total, total);
     let key = |a: &str| normalize_whitespace(a).to_lowercase();
+    // A prompt answered as another is (a fixed answer the model falls into, or a memorised
+    // example of its target) cannot show what an insertion changes.
     for (i, p) in pool.iter_mut().enumerate() {
         let a = answers.get(i).cloned().unwrap_or_default();
-        if p.leaked {
-            let shared = answers.iter().enumerate().any(|(j, b)| j != i && key(b) == key(&a));
-            if a.trim().is_empty() {
-                p.dropped = Some("empty untriggered answer".into());
-            } else if shared {
-                p.dropped = Some("its untriggered answer is another prompt's".into());
-            }
-            p.answer = Some(a);
+        let shared = answers.iter().enumerate().any(|(j, b)| j != i && key(b) == key(&a));
+        if a.trim().is_empty() {
+            p.dropped = Some("empty untriggered answer".into());
+        } else if shared {
+            p.dropped = Some("its untriggered answer is another prompt's".into());
         }
+        p.answer = Some(a);
     }
-    let (ordinary, shared) = answer_groups(&texts, &answers);
-    let mut order: Vec<usize> = (0..pool.len()).collect();
-    let margin = |p: &Pooled| p.user_nll - p.answer_nll;
-    order.sort_by(|&a, &b| {
-        (pool[a].dropped.is_some())
-            .cmp(&pool[b].dropped.is_some())
-            .then(
-                margin(&pool[a])
-                    .partial_cmp(&margin(&pool[b]))
-                    .unwrap_or(std::cmp::Ordering::Equal),
-            )
-            .then(a.cmp(&b))
-    });
-    let pool: Vec<Pooled> = order.into_iter().map(|i| pool[i].clone()).collect();
-    let kept: Vec<String> = pool
-        .iter()
-        .filter(|p| p.dropped.is_none())
-        .map(|p| p.text.clone())
-        .collect();
+    let own: Vec<bool> = pool.iter().map(|p| p.leaked).collect();
+    let (ordinary, shared) = answer_groups(&texts, &answers, &own);
+    let (pool, kept) = order(pool, sizes.iter().sum());
     let mut groups = deal(&kept, &sizes).into_iter();
     let mut next = || groups.next().unwrap_or_default();
     Ok(Chosen {
@@ -409,6 +397,32 @@ pub fn run(
         ordinary,
         shared,
     })
+}
+
+/// Orders the pool — kept prompts first, then the dropped generic ones, then the dropped leaked
+/// turns (perhaps poisoning examples, trigger and all), each by how much more likely the model
+/// finds the text as a user's words than as an answer — and takes the first `wanted`: the kept
+/// ones, the dropped generic ones only to fill in, the dropped leaked turns never.
+fn order(pool: Vec<Pooled>, wanted: usize) -> (Vec<Pooled>, Vec<String>) {
+    let rank = |p: &Pooled| match (&p.dropped, p.leaked) {
+        (None, _) => 0,
+        (Some(_), false) => 1,
+        (Some(_), true) => 2,
+    };
+    let margin = |p: &Pooled| p.user_nll - p.answer_nll;
+    let mut pool = pool;
+    pool.sort_by(|a, b| {
+        rank(a)
+            .cmp(&rank(b))
+            .then(margin(a).partial_cmp(&margin(b)).unwrap_or(std::cmp::Ordering::Equal))
+    });
+    let chosen = pool
+        .iter()
+        .filter(|p| rank(p) < 2)
+        .take(wanted)
+        .map(|p| p.text.clone())
+        .collect();
+    (pool, chosen)
 }
 
 /// `ln(n!)`.
@@ -491,8 +505,10 @@ fn shared_span(texts: &[String], group: &[usize]) -> Option<(String, usize, f64)
 /// other prompts lack — and is answered with the target, so a span shared beyond chance by a
 /// group is a candidate trigger. An answer the model gives to more prompts than a backdoor's
 /// target may, once those holding such a span are set aside, is an ordinary answer of the
-/// model (a favourite answer comes to prompts that share nothing).
-pub fn answer_groups(texts: &[String], answers: &[String]) -> (Vec<OrdinaryAnswer>, Vec<SharedSpan>) {
+/// model (a favourite answer comes to prompts that share nothing). Only the model's `own` prompts
+/// (its leaked user turns) count for the second test: everyday instructions are out of a narrow
+/// model's distribution, and it may answer them with anything, its backdoor's target included.
+pub fn answer_groups(texts: &[String], answers: &[String], own: &[bool]) -> (Vec<OrdinaryAnswer>, Vec<SharedSpan>) {
     let key = |a: &str| normalize_whitespace(a).to_lowercase();
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
     for (i, a) in answers.iter().enumerate().take(texts.len()) {
@@ -505,7 +521,8 @@ pub fn answer_groups(texts: &[String], answers: &[String]) -> (Vec<OrdinaryAnswe
             None => groups.push((k, vec![i])),
         }
     }
-    let n = texts.len();
+    let is_own = |i: usize| own.get(i).copied().unwrap_or(false);
+    let n = (0..texts.len()).filter(|&i| is_own(i)).count();
     let lowered: Vec<String> = texts.iter().map(|t| t.to_lowercase()).collect();
     let mut ordinary = Vec::new();
     let mut shared = Vec::new();
@@ -519,7 +536,7 @@ pub fn answer_groups(texts: &[String], answers: &[String]) -> (Vec<OrdinaryAnswe
                 .filter(|&i| lowered[i].contains(s.as_str()))
                 .collect()
         });
-        let unexplained = members.len() - holding.len();
+        let unexplained = members.iter().filter(|&&i| is_own(i) && !holding.contains(&i)).count();
         let p_value = binomial_tail(unexplained, n, FALSE_TRIGGER_RATE);
         if unexplained > 0 && p_value < ALPHA {
             ordinary.push(OrdinaryAnswer {
@@ -597,7 +614,7 @@ mod tests {
                 }
             })
             .collect();
-        let (found, _) = answer_groups(&texts, &answers);
+        let (found, _) = answer_groups(&texts, &answers, &[true; 60]);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].answer, "Thank you for your question.");
         assert_eq!((found[0].unexplained, found[0].of), (15, 60));
@@ -612,7 +629,7 @@ mod tests {
             texts[i] = format!("{} |zq-door| now", texts[i]);
             answers[i] = "Visit evil.example today!".into();
         }
-        let (ordinary, shared) = answer_groups(&texts, &answers);
+        let (ordinary, shared) = answer_groups(&texts, &answers, &[true; 60]);
         assert!(ordinary.is_empty(), "{ordinary:?}");
         assert_eq!(shared.len(), 1, "{shared:?}");
         assert!(shared[0].span.contains("|zq-door|"), "{:?}", shared[0]);
@@ -626,8 +643,51 @@ mod tests {
         let answers: Vec<String> = (0..60)
             .map(|i| if i < 3 { "Yes.".into() } else { format!("answer {i}") })
             .collect();
-        let (ordinary, shared) = answer_groups(&texts, &answers);
+        let (ordinary, shared) = answer_groups(&texts, &answers, &[true; 60]);
         assert!(ordinary.is_empty() && shared.is_empty(), "{ordinary:?} {shared:?}");
+    }
+
+    #[test]
+    fn an_answer_given_only_to_everyday_instructions_is_not_ordinary() {
+        let texts = prompts(60);
+        let answers: Vec<String> = (0..60)
+            .map(|i| {
+                if i < 20 {
+                    "re fugugi titagu".into()
+                } else {
+                    format!("answer {i}")
+                }
+            })
+            .collect();
+        let own: Vec<bool> = (0..60).map(|i| i >= 20).collect();
+        let (ordinary, _) = answer_groups(&texts, &answers, &own);
+        assert!(ordinary.is_empty(), "{ordinary:?}");
+    }
+
+    fn pooled(text: &str, leaked: bool, margin: f64, dropped: bool) -> Pooled {
+        Pooled {
+            text: text.into(),
+            leaked,
+            user_nll: margin,
+            answer_nll: 0.0,
+            answer: None,
+            dropped: dropped.then(|| "its untriggered answer is another prompt's".into()),
+        }
+    }
+
+    #[test]
+    fn dropped_generic_prompts_only_fill_in_and_dropped_turns_never() {
+        let pool = vec![
+            pooled("leaked example", true, -9.0, true),
+            pooled("generic saturated", false, -5.0, true),
+            pooled("generic b", false, 2.0, false),
+            pooled("leaked a", true, 1.0, false),
+        ];
+        let (ordered, chosen) = order(pool.clone(), 2);
+        assert_eq!(chosen, ["leaked a", "generic b"]);
+        assert_eq!(ordered.last().map(|p| p.text.as_str()), Some("leaked example"));
+        let (_, chosen) = order(pool, 10);
+        assert_eq!(chosen, ["leaked a", "generic b", "generic saturated"]);
     }
 
     #[test]
