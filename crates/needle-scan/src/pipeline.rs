@@ -553,7 +553,12 @@ impl<'a> Scan<'a> {
                 let answers: Vec<String> = t.targets.iter().map(|x| x.text.clone()).collect();
                 // Text around the model's special tokens is no trigger a user could type.
                 let specials = self.specials();
-                let mut written = candidates::written(&answers, &t.samples);
+                let seeds: Vec<String> = t
+                    .targets
+                    .iter()
+                    .map(|x| lm.decode(&x.ids[..x.seed_tokens.min(x.ids.len())]))
+                    .collect::<std::result::Result<_, _>>()?;
+                let mut written = candidates::written(&answers, &seeds, &t.samples);
                 written.retain(|(x, _)| !specials.iter().any(|sp| !sp.is_empty() && x.text.contains(sp.as_str())));
                 let (chosen, _) = self.load::<Chosen>(Stage::Prompts)?;
                 // Whole, as they are: the spans leaked turns answered alike share, then every
