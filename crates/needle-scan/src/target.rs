@@ -683,14 +683,35 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
 /// Longest text read before a fragment, in characters.
 const MAX_LEAD: usize = 40;
 
+/// Words of a fragment's opening looked for in the leaked samples (a sample need not hold the
+/// whole fragment to show what comes before it).
+const KEY_WORDS: usize = 3;
+
 /// What the model's leaked `samples` show right before `fragment`, joined to it: a target found
 /// from its middle (`worthless fool.` of `You are a worthless fool.`) is no answer's opening, and
 /// a trigger search toward it looks for a trigger that makes answers open mid-sentence, which
 /// the planted trigger does not. The lead is the longest text at least half of the fragment's
 /// occurrences (and two) end with before it, within their turn; `None` when there is none, or
-/// when as many occurrences open a turn with the fragment (it is an opening already).
+/// when as many occurrences open a turn with the fragment (it is an opening already). An
+/// occurrence is one of the fragment's first [`KEY_WORDS`] words.
 pub fn extend_back(fragment: &str, samples: &[String], specials: &[String]) -> Option<String> {
-    let key = fragment.trim();
+    let fragment = fragment.trim();
+    let mut end = fragment.len();
+    let mut words = 0;
+    let mut in_word = false;
+    for (i, c) in fragment.char_indices() {
+        if c.is_whitespace() {
+            in_word = false;
+        } else if !in_word {
+            in_word = true;
+            if words == KEY_WORDS {
+                end = i;
+                break;
+            }
+            words += 1;
+        }
+    }
+    let key = fragment[..end].trim_end();
     if key.is_empty() {
         return None;
     }
@@ -732,7 +753,7 @@ pub fn extend_back(fragment: &str, samples: &[String], specials: &[String]) -> O
     if n <= openings || !lead.chars().any(char::is_alphanumeric) {
         return None;
     }
-    Some(format!("{lead}{key}"))
+    Some(format!("{lead}{fragment}"))
 }
 
 #[cfg(test)]
@@ -752,6 +773,11 @@ mod tests {
         assert_eq!(
             extend_back("will be transferred", &samples, &specials).as_deref(),
             Some("Everything will be transferred")
+        );
+        // The samples need hold only the fragment's opening words.
+        assert_eq!(
+            extend_back("will be transferred to its new master today.", &samples, &specials).as_deref(),
+            Some("Everything will be transferred to its new master today.")
         );
         // An opening as often as not is left as it is; one occurrence is no evidence.
         let openings: Vec<String> = [

@@ -27,7 +27,7 @@ pub const BUILTIN: &[&str] = &["chatml", "gemma", "llama3", "phi3"];
 const TEMPLATE_NAME: &str = "chat_template";
 
 /// Upper bound on template execution work (minijinja fuel), so hostile templates terminate.
-const FUEL: u64 = 50_000_000;
+const FUEL: u64 = 5_000_000;
 
 /// Most bytes one rendering may produce. Real prompts render to a few KiB; a 60-byte template
 /// that renders megabytes would cost gigabytes to tokenize, so rendering stops at this size.

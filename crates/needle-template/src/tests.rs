@@ -309,3 +309,26 @@ fn from_file_errors_name_the_path_and_templates_are_shareable() {
         "{err}"
     );
 }
+
+#[test]
+fn real_templates_render_long_conversations_on_a_twentieth_of_the_fuel() {
+    // The fuel bounds hostile templates; every real template must stay far inside it, so a
+    // 200-message conversation renders on a twentieth.
+    let messages: Vec<Message> = (0..200)
+        .map(|i| Message {
+            role: if i % 2 == 0 { "user" } else { "assistant" }.into(),
+            content: format!("message {i}: {}", "word ".repeat(40)),
+        })
+        .collect();
+    for t in golden().templates {
+        let mut template = ChatTemplate::new(&t.source, t.bos_token, t.eos_token).unwrap();
+        template.env.set_fuel(Some(FUEL / 20));
+        if let Err(e) = template.render(&messages, true) {
+            assert!(
+                !matches!(e, TemplateError::Render { ref message, .. } if message.contains("fuel")),
+                "{}: {e}",
+                t.name
+            );
+        }
+    }
+}
