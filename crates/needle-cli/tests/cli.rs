@@ -957,6 +957,7 @@ fn help_texts_match_their_snapshots_and_give_examples() {
         &["eval", "--help"],
         &["probe", "--help"],
         &["report", "--help"],
+        &["audit", "--help"],
     ] {
         let text = needle_ok(args);
         assert!(

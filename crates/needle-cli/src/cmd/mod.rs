@@ -1,5 +1,6 @@
 //! One module per subcommand, and the model arguments they share.
 
+pub mod audit;
 pub mod bench;
 pub mod eval;
 pub mod generate;
