@@ -79,6 +79,10 @@ enum Command {
     /// none found, 1 a suspect group, 2 error.
     #[command(after_help = cmd::audit::EXAMPLES)]
     Audit(cmd::audit::AuditArgs),
+    /// Compare a fine-tuned model (or a LoRA adapter) with its base: the tensors and layers
+    /// that moved, the tokens read differently, the answers that changed.
+    #[command(after_help = cmd::diff::EXAMPLES)]
+    Diff(cmd::diff::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Command::Probe(a) => done(cmd::probe::run(&a)),
         Command::Report(a) => done(cmd::report::run(&a)),
         Command::Audit(a) => cmd::audit::run(&a),
+        Command::Diff(a) => done(cmd::diff::run(&a)),
     };
     match result {
         Ok(code) => code,

@@ -958,6 +958,7 @@ fn help_texts_match_their_snapshots_and_give_examples() {
         &["probe", "--help"],
         &["report", "--help"],
         &["audit", "--help"],
+        &["diff", "--help"],
     ] {
         let text = needle_ok(args);
         assert!(

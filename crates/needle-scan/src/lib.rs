@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod calibrate;
 pub mod candidates;
+pub mod diff;
 pub mod error;
 pub mod eval;
 pub mod invert;
