@@ -75,6 +75,14 @@ enum Command {
         after_help = "Examples:\n  needle report scans/hf --html scans/hf/report.html\n  needle report scans/hf --sarif scans/hf/needle.sarif"
     )]
     Report(cmd::report::ReportArgs),
+    /// Find poisoned examples in a fine-tuning data set before training on it. Exit code: 0
+    /// none found, 1 a suspect group, 2 error.
+    #[command(after_help = cmd::audit::EXAMPLES)]
+    Audit(cmd::audit::AuditArgs),
+    /// Compare a fine-tuned model (or a LoRA adapter) with its base: the tensors and layers
+    /// that moved, the tokens read differently, the answers that changed.
+    #[command(after_help = cmd::diff::EXAMPLES)]
+    Diff(cmd::diff::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -103,6 +111,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => done(cmd::eval::run(&a)),
         Command::Probe(a) => done(cmd::probe::run(&a)),
         Command::Report(a) => done(cmd::report::run(&a)),
+        Command::Audit(a) => cmd::audit::run(&a),
+        Command::Diff(a) => done(cmd::diff::run(&a)),
     };
     match result {
         Ok(code) => code,

@@ -957,6 +957,8 @@ fn help_texts_match_their_snapshots_and_give_examples() {
         &["eval", "--help"],
         &["probe", "--help"],
         &["report", "--help"],
+        &["audit", "--help"],
+        &["diff", "--help"],
     ] {
         let text = needle_ok(args);
         assert!(

@@ -5,8 +5,10 @@
 //! be re-run alone and an interrupted scan resumes; [`report`] assembles `report.json`. `needle
 //! probe` runs [`probe`] on a trigger an analyst suspects.
 
+pub mod audit;
 pub mod calibrate;
 pub mod candidates;
+pub mod diff;
 pub mod error;
 pub mod eval;
 pub mod invert;

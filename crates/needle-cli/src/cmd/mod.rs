@@ -1,6 +1,8 @@
 //! One module per subcommand, and the model arguments they share.
 
+pub mod audit;
 pub mod bench;
+pub mod diff;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
