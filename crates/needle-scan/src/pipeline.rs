@@ -620,7 +620,9 @@ impl<'a> Scan<'a> {
                         prompt::answer_ids(lm, asked, text.trim())
                     })
                     .collect::<Result<_>>()?;
-                ids.retain(|x| !x.is_empty());
+                // Two targets read on backwards to the same text are searched once.
+                let mut seen = HashSet::new();
+                ids.retain(|x| !x.is_empty() && seen.insert(x.clone()));
                 let search = InvertSettings {
                     prompts: chosen.search,
                     check_prompts: chosen.check.clone(),
