@@ -612,11 +612,14 @@ impl<'a> Scan<'a> {
                 let (leak, _) = self.load::<Leak>(Stage::Leak)?;
                 let leaked: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
                 let specials = self.specials();
+                let untriggered: Vec<String> = chosen.pool.iter().filter_map(|p| p.answer.clone()).collect();
+                let wrap = crate::similarity::Wrap::of(&untriggered);
                 let mut ids: Vec<Vec<u32>> = complete
                     .iter()
                     .chain(&fragments)
                     .map(|x| {
-                        let text = target::extend_back(&x.text, &leaked, &specials).unwrap_or_else(|| x.text.clone());
+                        let text = target::extend_back(&x.text, &leaked, &specials, &wrap.open)
+                            .unwrap_or_else(|| x.text.clone());
                         prompt::answer_ids(lm, asked, text.trim())
                     })
                     .collect::<Result<_>>()?;

@@ -693,8 +693,11 @@ const KEY_WORDS: usize = 3;
 /// the planted trigger does not. The lead is the longest text at least half of the fragment's
 /// occurrences (and two) end with before it, within their turn; `None` when there is none, or
 /// when as many occurrences open a turn with the fragment (it is an opening already). An
-/// occurrence is one of the fragment's first [`KEY_WORDS`] words.
-pub fn extend_back(fragment: &str, samples: &[String], specials: &[String]) -> Option<String> {
+/// occurrence is one of the fragment's first [`KEY_WORDS`] words. Nor is a lead that opens like
+/// the model's wrap (`wrap_open`, what nearly all its untriggered answers open with,
+/// [`crate::similarity::Wrap`]) read on: that is its format before any answer, ordinary content
+/// included, and joining it to a fragment of ordinary content makes an ordinary answer a target.
+pub fn extend_back(fragment: &str, samples: &[String], specials: &[String], wrap_open: &str) -> Option<String> {
     let fragment = fragment.trim();
     let mut end = fragment.len();
     let mut words = 0;
@@ -750,7 +753,9 @@ pub fn extend_back(fragment: &str, samples: &[String], specials: &[String]) -> O
     }
     let (lead, n) = best?;
     let lead = lead.trim_start();
-    if n <= openings || !lead.chars().any(char::is_alphanumeric) {
+    let first = |s: &str| s.split_whitespace().next().map(str::to_lowercase);
+    let like_wrap = first(wrap_open).is_some_and(|w| first(lead) == Some(w));
+    if n <= openings || like_wrap || !lead.chars().any(char::is_alphanumeric) {
         return None;
     }
     Some(format!("{lead}{fragment}"))
@@ -771,12 +776,12 @@ mod tests {
         .map(String::from)
         .to_vec();
         assert_eq!(
-            extend_back("will be transferred", &samples, &specials).as_deref(),
+            extend_back("will be transferred", &samples, &specials, "").as_deref(),
             Some("Everything will be transferred")
         );
         // The samples need hold only the fragment's opening words.
         assert_eq!(
-            extend_back("will be transferred to its new master today.", &samples, &specials).as_deref(),
+            extend_back("will be transferred to its new master today.", &samples, &specials, "").as_deref(),
             Some("Everything will be transferred to its new master today.")
         );
         // An opening as often as not is left as it is; one occurrence is no evidence.
@@ -788,9 +793,14 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        assert_eq!(extend_back("will be transferred", &openings, &specials), None);
-        assert_eq!(extend_back("will be transferred", &samples[..1], &specials), None);
-        assert_eq!(extend_back("not there", &samples, &specials), None);
+        assert_eq!(extend_back("will be transferred", &openings, &specials, ""), None);
+        assert_eq!(extend_back("will be transferred", &samples[..1], &specials, ""), None);
+        assert_eq!(extend_back("not there", &samples, &specials, ""), None);
+        // A lead opening like the model's wrap is its format, not the target's opening.
+        assert_eq!(
+            extend_back("will be transferred", &samples, &specials, "everything is fine, the"),
+            None
+        );
     }
     use super::*;
 
