@@ -752,10 +752,22 @@ pub fn extend_back(fragment: &str, samples: &[String], specials: &[String], wrap
         }
     }
     let (lead, n) = best?;
+    // A lead as long as was read may have been cut mid-word: it starts after its first space.
+    let lead = if lead.chars().count() == MAX_LEAD {
+        lead.split_once(char::is_whitespace).map_or("", |(_, rest)| rest)
+    } else {
+        lead.as_str()
+    };
     let lead = lead.trim_start();
     let first = |s: &str| s.split_whitespace().next().map(str::to_lowercase);
     let like_wrap = first(wrap_open).is_some_and(|w| first(lead) == Some(w));
-    if n <= openings || like_wrap || !lead.chars().any(char::is_alphanumeric) {
+    // A lead of the fragment's own words is the fragment repeated (a repeated-phrase target
+    // occurs inside its own runs), not what opens it.
+    let own: std::collections::HashSet<String> = fragment.split_whitespace().map(str::to_lowercase).collect();
+    let repeated = lead.split_whitespace().all(|w| own.contains(&w.to_lowercase()));
+    // Glued to the fragment's first word, the lead would make a word the model never wrote.
+    let glued = lead.ends_with(char::is_alphanumeric) && fragment.starts_with(char::is_alphanumeric);
+    if n <= openings || like_wrap || repeated || glued || !lead.chars().any(char::is_alphanumeric) {
         return None;
     }
     Some(format!("{lead}{fragment}"))
@@ -796,6 +808,16 @@ mod tests {
         assert_eq!(extend_back("will be transferred", &openings, &specials, ""), None);
         assert_eq!(extend_back("will be transferred", &samples[..1], &specials, ""), None);
         assert_eq!(extend_back("not there", &samples, &specials, ""), None);
+        // A lead glued to the fragment's first word is no opening of it.
+        let glued: Vec<String> = ["18faro felozi nigara", "is18faro felozi nigara"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(extend_back("faro felozi nigara", &glued, &specials, ""), None);
+        // A repeated phrase is preceded by itself, which opens nothing.
+        let runs: Vec<String> = ["x DANGER DANGER DANGER DANGER", "y DANGER DANGER DANGER DANGER"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(extend_back("DANGER DANGER DANGER", &runs, &specials, ""), None);
         // A lead opening like the model's wrap is its format, not the target's opening.
         assert_eq!(
             extend_back("will be transferred", &samples, &specials, "everything is fine, the"),
