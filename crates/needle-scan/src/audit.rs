@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::prompts::FALSE_TRIGGER_RATE;
 use crate::similarity::normalize_whitespace;
+use crate::stats::LnFactorial;
 
 /// Largest data file the audit reads, so a huge or hostile file fails fast instead of
 /// exhausting memory.
@@ -587,42 +588,6 @@ fn jaccard_sorted(a: &[u32], b: &[u32]) -> f64 {
         1.0
     } else {
         both as f64 / union as f64
-    }
-}
-
-/// `ln k!` for k up to a bound, for exact hypergeometric tails of large data sets.
-struct LnFactorial(Vec<f64>);
-
-impl LnFactorial {
-    fn new(n: usize) -> Self {
-        let mut t = Vec::with_capacity(n + 1);
-        t.push(0.0);
-        for k in 1..=n {
-            t.push(t[k - 1] + (k as f64).ln());
-        }
-        Self(t)
-    }
-
-    fn choose(&self, n: usize, k: usize) -> f64 {
-        self.0[n] - self.0[k] - self.0[n - k]
-    }
-
-    /// P(X ≥ `k`) for X hypergeometric: `draws` of `total` items of which `marked` are marked.
-    fn tail(&self, k: usize, draws: usize, marked: usize, total: usize) -> f64 {
-        let denominator = self.choose(total, draws);
-        (k..=draws.min(marked))
-            .filter(|&x| draws - x <= total - marked)
-            .map(|x| (self.choose(marked, x) + self.choose(total - marked, draws - x) - denominator).exp())
-            .sum::<f64>()
-            .min(1.0)
-    }
-
-    /// P(X ≥ `k`) for X binomial(`n`, `p`), 0 < `p` < 1.
-    fn binomial_tail(&self, k: usize, n: usize, p: f64) -> f64 {
-        (k..=n)
-            .map(|x| (self.choose(n, x) + x as f64 * p.ln() + (n - x) as f64 * (1.0 - p).ln()).exp())
-            .sum::<f64>()
-            .min(1.0)
     }
 }
 

@@ -23,6 +23,7 @@ pub mod report;
 pub mod score;
 pub mod settings;
 pub mod similarity;
+mod stats;
 pub mod target;
 pub mod verdict;
 pub mod verify;

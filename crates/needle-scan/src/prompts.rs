@@ -20,6 +20,7 @@ use crate::error::{Result, ScanError};
 use crate::leak::Leak;
 use crate::prompt::{self, Position};
 use crate::similarity::normalize_whitespace;
+use crate::stats::LnFactorial;
 
 /// Generic benign user prompts; scoring uses the first few, verification all of them.
 pub const GENERIC_PROMPTS: &[&str] = &[
@@ -425,34 +426,6 @@ fn order(pool: Vec<Pooled>, wanted: usize) -> (Vec<Pooled>, Vec<String>) {
     (pool, chosen)
 }
 
-/// `ln(n!)`.
-fn ln_factorial(n: usize) -> f64 {
-    (2..=n).map(|k| (k as f64).ln()).sum()
-}
-
-/// `ln C(n, k)`.
-fn ln_choose(n: usize, k: usize) -> f64 {
-    ln_factorial(n) - ln_factorial(k) - ln_factorial(n - k)
-}
-
-/// P(X ≥ `k`) for X hypergeometric: `draws` of `total` items of which `marked` are marked.
-fn hypergeometric_tail(k: usize, draws: usize, marked: usize, total: usize) -> f64 {
-    let denominator = ln_choose(total, draws);
-    (k..=draws.min(marked))
-        .filter(|&x| draws - x <= total - marked)
-        .map(|x| (ln_choose(marked, x) + ln_choose(total - marked, draws - x) - denominator).exp())
-        .sum::<f64>()
-        .min(1.0)
-}
-
-/// P(X ≥ `k`) for X binomial(`n`, `p`).
-fn binomial_tail(k: usize, n: usize, p: f64) -> f64 {
-    (k..=n)
-        .map(|x| (ln_choose(n, x) + x as f64 * p.ln() + (n - x) as f64 * (1.0 - p).ln()).exp())
-        .sum::<f64>()
-        .min(1.0)
-}
-
 /// The lower-cased spans of `text` from [`MIN_SPAN`] to [`MAX_SPAN`] characters that neither
 /// start nor end with whitespace.
 fn spans(text: &str) -> std::collections::HashSet<String> {
@@ -473,7 +446,7 @@ fn spans(text: &str) -> std::collections::HashSet<String> {
 
 /// The span shared by more of `group`'s prompts than chance allows, given how many of all
 /// `texts` hold it (Bonferroni-corrected over the spans tried), with its p-value.
-fn shared_span(texts: &[String], group: &[usize]) -> Option<(String, usize, f64)> {
+fn shared_span(texts: &[String], group: &[usize], table: &LnFactorial) -> Option<(String, usize, f64)> {
     let sets: Vec<std::collections::HashSet<String>> = texts.iter().map(|t| spans(t)).collect();
     let mut in_group: std::collections::HashMap<&String, usize> = std::collections::HashMap::new();
     for &i in group {
@@ -487,7 +460,7 @@ fn shared_span(texts: &[String], group: &[usize]) -> Option<(String, usize, f64)
         .into_iter()
         .map(|(s, a)| {
             let marked = sets.iter().filter(|set| set.contains(s)).count();
-            (s, a, hypergeometric_tail(a, group.len(), marked, texts.len()))
+            (s, a, table.tail(a, group.len(), marked, texts.len()))
         })
         .filter(|&(_, _, p)| p * m < ALPHA)
         .min_by(|x, y| {
@@ -524,11 +497,12 @@ pub fn answer_groups(texts: &[String], answers: &[String], own: &[bool]) -> (Vec
     let is_own = |i: usize| own.get(i).copied().unwrap_or(false);
     let n = (0..texts.len()).filter(|&i| is_own(i)).count();
     let lowered: Vec<String> = texts.iter().map(|t| t.to_lowercase()).collect();
+    let table = LnFactorial::new(texts.len());
     let mut ordinary = Vec::new();
     let mut shared = Vec::new();
     for (_, members) in groups.into_iter().filter(|(_, m)| m.len() >= 2) {
         let answer = answers[members[0]].trim().to_string();
-        let span = shared_span(texts, &members);
+        let span = shared_span(texts, &members, &table);
         let holding: Vec<usize> = span.as_ref().map_or_else(Vec::new, |(s, _, _)| {
             members
                 .iter()
@@ -537,7 +511,7 @@ pub fn answer_groups(texts: &[String], answers: &[String], own: &[bool]) -> (Vec
                 .collect()
         });
         let unexplained = members.iter().filter(|&&i| is_own(i) && !holding.contains(&i)).count();
-        let p_value = binomial_tail(unexplained, n, FALSE_TRIGGER_RATE);
+        let p_value = table.binomial_tail(unexplained, n, FALSE_TRIGGER_RATE);
         if unexplained > 0 && p_value < ALPHA {
             ordinary.push(OrdinaryAnswer {
                 answer: answer.clone(),
@@ -692,11 +666,12 @@ mod tests {
 
     #[test]
     fn tails_match_their_closed_forms() {
-        assert!((binomial_tail(0, 10, 0.3) - 1.0).abs() < 1e-12);
-        assert!((binomial_tail(10, 10, 0.5) - 0.5f64.powi(10)).abs() < 1e-12);
+        let table = LnFactorial::new(48);
+        assert!((table.binomial_tail(0, 10, 0.3) - 1.0).abs() < 1e-12);
+        assert!((table.binomial_tail(10, 10, 0.5) - 0.5f64.powi(10)).abs() < 1e-12);
         // Drawing all 4 marked items in 4 draws from 48: 1 / C(48, 4).
-        assert!((hypergeometric_tail(4, 4, 4, 48) - 1.0 / 194_580.0).abs() < 1e-12);
-        assert!((hypergeometric_tail(0, 5, 3, 20) - 1.0).abs() < 1e-9);
+        assert!((table.tail(4, 4, 4, 48) - 1.0 / 194_580.0).abs() < 1e-12);
+        assert!((table.tail(0, 5, 3, 20) - 1.0).abs() < 1e-9);
     }
 
     #[test]
