@@ -579,6 +579,7 @@ pub(crate) mod tests {
             iterations: 30,
             forced: 1.0,
             held_out: 1.0,
+            lead: 0,
         }];
         r
     }

@@ -169,6 +169,9 @@ impl Settings {
                 finalists: swaps / 4,
                 targets: inverted,
                 max_target_tokens: 12,
+                // A few words: the ordinary opening a target found as a fragment may have
+                // ("You are a", "For more details,"); a quick scan runs no lead search.
+                lead_tokens: if budget == Budget::Quick { 0 } else { 5 },
                 seed,
             },
             null_target_prompts: search.iter().skip(4).cloned().collect(),

@@ -576,6 +576,7 @@ pub(crate) mod tests {
             iterations: 20,
             forced: 1.0,
             held_out: 0.0,
+            lead: 0,
         }
     }
 
