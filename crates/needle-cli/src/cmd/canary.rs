@@ -9,13 +9,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{ArgGroup, Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use needle_scan::canary::{self, BuildSettings, Case, Checked, Kind, Source};
 use needle_scan::probe::Probe;
 use needle_scan::prompt::{Position, Trigger};
 use serde::Serialize;
 
-use super::probe::{read_prompts, PositionArg};
+use super::probe::read_prompts;
 use super::{Candle, ModelArgs};
 use crate::endpoint::Endpoint;
 use crate::{progress, term};
@@ -55,6 +55,37 @@ pub enum CanaryCommand {
     Run(RunArgs),
 }
 
+/// Where the trigger goes in the user message.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Placement {
+    /// Before the user's words.
+    Prefix,
+    /// After them.
+    Suffix,
+    /// Both: every case at each place (a trigger trained elsewhere in the prompt often fires
+    /// at one of the two).
+    Both,
+}
+
+impl Placement {
+    /// The positions it puts a trigger at.
+    fn positions(self) -> &'static [Position] {
+        match self {
+            Placement::Prefix => &[Position::Prefix],
+            Placement::Suffix => &[Position::Suffix],
+            Placement::Both => &[Position::Prefix, Position::Suffix],
+        }
+    }
+}
+
+/// A position's name in the suite and the summary.
+fn position_name(p: Position) -> &'static str {
+    match p {
+        Position::Prefix => "prefix",
+        Position::Suffix => "suffix",
+    }
+}
+
 /// Arguments of `needle canary build`.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["from", "trigger"])))]
@@ -68,7 +99,7 @@ pub struct BuildArgs {
     trigger: Option<String>,
     /// Where the trigger goes in the user message (default: the source's, or prefix).
     #[arg(long, value_enum)]
-    position: Option<PositionArg>,
+    position: Option<Placement>,
     /// What a clean answer must not contain (repeatable): added to the answer the source
     /// recovered; needed when there is none.
     #[arg(long = "must-not-contain", visible_alias = "target", value_name = "TEXT")]
@@ -190,7 +221,12 @@ fn build_summary(source: &Source, must: &[String], cases: &[Case], out: Option<&
     let where_to = out.map_or("stdout".to_string(), |p| p.display().to_string());
     let _ = writeln!(s, "canary suite: {} cases written to {where_to}", cases.len());
     for t in &source.triggers {
-        let _ = writeln!(s, "  trigger:          {} ({:?})", quoted(&t.text, 60), t.position);
+        let _ = writeln!(
+            s,
+            "  trigger:          {} ({})",
+            quoted(&t.text, 60),
+            position_name(t.position)
+        );
     }
     if let Some(note) = &source.note {
         let _ = writeln!(s, "  note:             {note}");
@@ -243,9 +279,16 @@ fn build(args: &BuildArgs) -> Result<()> {
         (None, None) => bail!("give --from SCAN|FILE or --trigger TEXT"),
     };
     if let Some(p) = args.position {
-        for t in &mut source.triggers {
-            t.position = p.into();
-        }
+        source.triggers = source
+            .triggers
+            .iter()
+            .flat_map(|t| {
+                p.positions().iter().map(|&position| Trigger {
+                    text: t.text.clone(),
+                    position,
+                })
+            })
+            .collect();
     }
     let mut must: Vec<String> = source.target.iter().cloned().collect();
     for m in &args.must_not_contain {
