@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the Python reference venv used by scripts/reference/*.py (golden values and the
-# HF transformers baseline benchmark). Versions are pinned to the ones that produced the
+# HF transformers baseline benchmark) and by the `needle canary run --endpoint` test
+# (`transformers serve`, scripts/reference/canary-endpoint.sh). Versions are pinned to the ones that produced the
 # committed goldens in tests/golden/; other versions may give slightly different numbers.
 #
 # Usage: scripts/reference/setup.sh            (venv at ${NEEDLE_REF_VENV:-$HOME/.cache/needle/ref-venv})
@@ -35,6 +36,15 @@ fi
     Jinja2==3.1.6 \
     peft==0.21.2 \
     accelerate==1.15.0
+
+# `transformers serve` (an OpenAI-compatible server) for the canary endpoint test: the
+# packages of transformers' `serving` extra, pinned.
+"$VENV/bin/python" -m pip install \
+    "transformers[serving]==5.24.0" \
+    fastapi==0.165.0 \
+    starlette==1.10.0 \
+    uvicorn==0.55.0 \
+    openai==3.63.0
 
 echo "reference venv ready: $VENV"
 echo "export NEEDLE_REF_VENV=$VENV"

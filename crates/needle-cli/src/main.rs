@@ -4,6 +4,7 @@
 //! The work happens in the library crates.
 
 mod cmd;
+mod endpoint;
 mod interrupt;
 mod progress;
 mod term;
@@ -83,6 +84,10 @@ enum Command {
     /// that moved, the tokens read differently, the answers that changed.
     #[command(after_help = cmd::diff::EXAMPLES)]
     Diff(cmd::diff::DiffArgs),
+    /// Build canary suites of a known trigger's near variants and run them against a model or
+    /// a deployed server. `canary run` exit code: 0 none fired, 1 a case fired, 2 error.
+    #[command(subcommand)]
+    Canary(cmd::canary::CanaryCommand),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
         Command::Report(a) => done(cmd::report::run(&a)),
         Command::Audit(a) => cmd::audit::run(&a),
         Command::Diff(a) => done(cmd::diff::run(&a)),
+        Command::Canary(c) => cmd::canary::run(c),
     };
     match result {
         Ok(code) => code,

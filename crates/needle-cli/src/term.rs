@@ -58,6 +58,17 @@ pub fn json(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// At most `max` characters of `s` on one line (whitespace runs made one space), an ellipsis
+/// marking a cut.
+pub fn clip(s: &str, max: usize) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() <= max {
+        one
+    } else {
+        format!("{}…", one.chars().take(max).collect::<String>())
+    }
+}
+
 /// Text for stdout: escaped (lines kept) when stdout is a terminal, raw when it is a pipe or
 /// file, as `cat` users of `needle generate` expect.
 pub fn for_stdout(text: &str) -> Cow<'_, str> {

@@ -959,6 +959,8 @@ fn help_texts_match_their_snapshots_and_give_examples() {
         &["report", "--help"],
         &["audit", "--help"],
         &["diff", "--help"],
+        &["canary", "build", "--help"],
+        &["canary", "run", "--help"],
     ] {
         let text = needle_ok(args);
         assert!(

@@ -3,10 +3,12 @@
 //! [`calibrate`] → [`verify`] → [`verdict`] → evidence ([`probe`] of the verdict's trigger:
 //! warning signs 1 and 3), each stage writing one artifact ([`pipeline`]) so that any stage can
 //! be re-run alone and an interrupted scan resumes; [`report`] assembles `report.json`. `needle
-//! probe` runs [`probe`] on a trigger an analyst suspects.
+//! probe` runs [`probe`] on a trigger an analyst suspects; [`canary`] turns a known trigger into
+//! a suite of near-trigger canaries for a deployed model.
 
 pub mod audit;
 pub mod calibrate;
+pub mod canary;
 pub mod candidates;
 pub mod diff;
 pub mod error;

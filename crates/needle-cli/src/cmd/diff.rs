@@ -46,16 +46,6 @@ pub struct DiffArgs {
     seed: u64,
 }
 
-/// At most `max` characters of `s` on one line, an ellipsis marking a cut.
-fn clip(s: &str, max: usize) -> String {
-    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one.chars().count() <= max {
-        one
-    } else {
-        format!("{}…", one.chars().take(max).collect::<String>())
-    }
-}
-
 /// The summary printed to stdout.
 fn summary(base: &str, tuned: &str, d: &Diff) -> String {
     let mut out = String::new();
@@ -99,9 +89,9 @@ fn summary(base: &str, tuned: &str, d: &Diff) -> String {
     let _ = writeln!(out, "  {}", tokens.join(", "));
     let _ = writeln!(out, "\nanswers that changed most (1 = no word in common):");
     for a in d.behaviour.iter().take(5) {
-        let _ = writeln!(out, "  {:.2} {}", a.divergence, clip(&a.prompt, 60));
-        let _ = writeln!(out, "       base:  {}", clip(&a.base, 90));
-        let _ = writeln!(out, "       tuned: {}", clip(&a.tuned, 90));
+        let _ = writeln!(out, "  {:.2} {}", a.divergence, term::clip(&a.prompt, 60));
+        let _ = writeln!(out, "       base:  {}", term::clip(&a.base, 90));
+        let _ = writeln!(out, "       tuned: {}", term::clip(&a.tuned, 90));
     }
     out
 }

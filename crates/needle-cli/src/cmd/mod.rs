@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod canary;
 pub mod diff;
 pub mod eval;
 pub mod generate;

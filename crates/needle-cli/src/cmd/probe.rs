@@ -66,8 +66,8 @@ pub struct ProbeArgs {
     json: bool,
 }
 
-/// The prompts of a file with one prompt per line.
-fn read_prompts(path: &Path) -> Result<Vec<String>> {
+/// The prompts of a file with one prompt per line (at least two).
+pub(super) fn read_prompts(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the prompts", path.display()))?;
     let prompts: Vec<String> = text
         .lines()
