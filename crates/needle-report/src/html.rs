@@ -24,7 +24,7 @@ use crate::text;
 /// Escapes text for HTML element content and attribute values; control characters and the
 /// bidirectional controls (which could reorder what the reader sees, e.g. a trigger or a
 /// file name) are shown as `\u{…}` instead.
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -45,7 +45,7 @@ fn esc(s: &str) -> String {
 }
 
 /// A token made visible: spaces as `·`, newlines as `⏎`.
-fn token_label(t: &str) -> String {
+pub(crate) fn token_label(t: &str) -> String {
     let shown: String = t
         .chars()
         .map(|c| match c {
@@ -88,6 +88,7 @@ mark.repeated{background:#ffe08a}mark.rare_burst{background:#ff9f8a}mark.trainin
 .caveat{background:#fff8e1;border-left:3px solid #9a6700;padding:6px 10px}ol.next li{margin:4px 0}
 .legend span{display:inline-block;margin-right:14px}.swatch{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
 svg text{font-family:system-ui,sans-serif}
+.bar{display:inline-block;height:10px;background:#b3261e;vertical-align:-1px}
 "#;
 
 /// Renders `report` as one HTML document.
@@ -99,14 +100,7 @@ pub fn render(report: &Report) -> String {
         Label::Clean => ("clean", "CLEAN"),
         Label::Inconclusive => ("inconclusive", "INCONCLUSIVE"),
     };
-    let _ = write!(
-        h,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\
-         <title>needle: {label}: {}</title><style>{STYLE}</style></head><body><main>",
-        esc(&report.model.path.display().to_string())
-    );
+    head(&mut h, &format!("needle: {label}: {}", report.model.path.display()));
     let _ = write!(
         h,
         "<h1>needle scan report</h1><p class=\"muted\">{} · needle {} · budget {} · seed {}</p>",
@@ -136,9 +130,25 @@ pub fn render(report: &Report) -> String {
         responses_section(&mut h, p);
     }
     footer(&mut h, report);
-    h.push_str("</main></body></html>\n");
+    h.push_str(END);
     h
 }
+
+/// Starts a page: the document head (`title` escaped, the shared style, a Content-Security-Policy
+/// that forbids scripts and every fetch) and the opening of its body.
+pub(crate) fn head(h: &mut String, title: &str) {
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\
+         <title>{}</title><style>{STYLE}</style></head><body><main>",
+        esc(title)
+    );
+}
+
+/// Ends a page [`head`] started.
+pub(crate) const END: &str = "</main></body></html>\n";
 
 /// Writes [`render`]'s output to `path`, atomically ([`needle_scan::write_atomic`]).
 pub fn write(report: &Report, path: &Path) -> Result<()> {
@@ -294,9 +304,9 @@ fn candidates_section(h: &mut String, report: &Report) {
 }
 
 /// Axis ticks at round values: multiples of 1, 2 or 5 times a power of ten.
-struct Ticks {
+pub(crate) struct Ticks {
     /// The tick values, ascending.
-    values: Vec<f64>,
+    pub(crate) values: Vec<f64>,
     /// Decimals their labels need.
     decimals: usize,
 }
@@ -305,7 +315,7 @@ impl Ticks {
     /// About `target` ticks between `lo` and `hi` (for a count, `integer`: a step of at least 1);
     /// with `integer` unset, the last tick is the first round value at or above `hi`, so an axis
     /// can end there.
-    fn new(lo: f64, hi: f64, target: usize, integer: bool) -> Self {
+    pub(crate) fn new(lo: f64, hi: f64, target: usize, integer: bool) -> Self {
         if !(lo.is_finite() && hi.is_finite() && hi > lo) {
             return Self {
                 values: vec![if lo.is_finite() { lo } else { 0.0 }],
@@ -338,16 +348,16 @@ impl Ticks {
     }
 
     /// A tick's label.
-    fn label(&self, x: f64) -> String {
+    pub(crate) fn label(&self, x: f64) -> String {
         format!("{x:.*}", self.decimals)
     }
 }
 
 /// One chart series: name, colour, points (x, y; `None` leaves a gap).
-type Series<'a> = (&'a str, &'a str, Vec<(f64, Option<f64>)>);
+pub(crate) type Series<'a> = (&'a str, &'a str, Vec<(f64, Option<f64>)>);
 
 /// A line chart with axes, ticks and a legend.
-fn line_chart(id: &str, series: &[Series], x_label: &str, y_label: &str, y_max: f64) -> String {
+pub(crate) fn line_chart(id: &str, series: &[Series], x_label: &str, y_label: &str, y_max: f64) -> String {
     // The legend sits above the plot, one row per series.
     let t = 14.0 + 15.0 * series.len() as f64;
     let (w, hgt, l, r, b) = (520.0, 250.0 + t, 52.0, 12.0, 40.0);
@@ -514,7 +524,7 @@ fn heatmap(id: &str, title: &str, m: &TokenMap) -> String {
     }
     for (q, row) in m.weights.iter().take(n).enumerate() {
         for (k, &w) in row.iter().take(q + 1).enumerate() {
-            let a = f64::from(w).clamp(0.0, 1.0).sqrt();
+            let a = shade(f64::from(w), 1.0);
             if a < 0.03 {
                 continue;
             }
@@ -549,30 +559,46 @@ fn heatmap(id: &str, title: &str, m: &TokenMap) -> String {
 /// Attention weights the heatmaps' colour scale shows.
 const SCALE: [f64; 7] = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-/// The heatmaps' colour scale: a swatch per weight of [`SCALE`], shaded as [`heatmap`] shades a
-/// cell (opacity √weight, so small weights stay visible).
+/// The opacity a heatmap cell of `value` is drawn at when `top` is the darkest: √(value / top),
+/// so that small values stay visible.
+pub(crate) fn shade(value: f64, top: f64) -> f64 {
+    (value / top.max(f64::MIN_POSITIVE)).clamp(0.0, 1.0).sqrt()
+}
+
+/// The attention heatmaps' colour scale: a swatch per weight of [`SCALE`].
 fn heatmap_scale() -> String {
+    colour_scale("heatmap-scale", "attention weight", &SCALE, 1.0, |v| v.to_string())
+}
+
+/// A heatmap's colour scale, `what` it shows: a swatch per value of `values`, shaded as a cell
+/// of that value is ([`shade`] with `top` the darkest), labelled `label(value)`.
+pub(crate) fn colour_scale(id: &str, what: &str, values: &[f64], top: f64, label: impl Fn(f64) -> String) -> String {
     let (cell, gap, left) = (34.0, 4.0, 4.0);
-    let w = left + (cell + gap) * SCALE.len() as f64 + 150.0;
+    // Room for the caption after the swatches, at about 6.5 pixels a character.
+    let caption = (6.5 * what.chars().count() as f64 + 12.0).max(150.0);
+    let w = left + (cell + gap) * values.len() as f64 + caption;
     let mut s = format!(
-        "<svg id=\"heatmap-scale\" role=\"img\" viewBox=\"0 0 {w} 34\" width=\"{w}\" height=\"34\" \
-         xmlns=\"http://www.w3.org/2000/svg\"><title>colour scale of the attention heatmaps</title>"
+        "<svg id=\"{id}\" role=\"img\" viewBox=\"0 0 {w} 34\" width=\"{w}\" height=\"34\" \
+         xmlns=\"http://www.w3.org/2000/svg\"><title>colour scale: {}</title>",
+        esc(what)
     );
-    for (i, &v) in SCALE.iter().enumerate() {
+    for (i, &v) in values.iter().enumerate() {
         let x = left + (cell + gap) * i as f64;
         let _ = write!(
             s,
             "<rect x=\"{x:.1}\" y=\"2\" width=\"{cell}\" height=\"14\" fill=\"#b3261e\" fill-opacity=\"{:.2}\" \
              stroke=\"#999\" stroke-width=\"0.5\"/><text x=\"{:.1}\" y=\"29\" font-size=\"10\" \
-             text-anchor=\"middle\">{v}</text>",
-            v.sqrt(),
-            x + cell / 2.0
+             text-anchor=\"middle\">{}</text>",
+            shade(v, top),
+            x + cell / 2.0,
+            esc(&label(v))
         );
     }
     let _ = write!(
         s,
-        "<text x=\"{:.1}\" y=\"13\" font-size=\"11\">attention weight</text></svg>",
-        left + (cell + gap) * SCALE.len() as f64 + 6.0
+        "<text x=\"{:.1}\" y=\"13\" font-size=\"11\">{}</text></svg>",
+        left + (cell + gap) * values.len() as f64 + 6.0,
+        esc(what)
     );
     s
 }
@@ -783,7 +809,7 @@ fn tag_len(s: &str) -> Option<usize> {
 
 /// [`esc`], with a run of three or more of the same special token (whitespace between them
 /// dropped) shown once with its count: `<|im_end|> ×12`.
-fn esc_runs(text: &str) -> String {
+pub(crate) fn esc_runs(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find('<') {
