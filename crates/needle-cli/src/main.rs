@@ -81,7 +81,7 @@ enum Command {
     #[command(after_help = cmd::audit::EXAMPLES)]
     Audit(cmd::audit::AuditArgs),
     /// Compare a fine-tuned model (or a LoRA adapter) with its base: the tensors and layers
-    /// that moved, the tokens read differently, the answers that changed.
+    /// that moved, the tokens read differently, the answers that changed; as text, JSON or HTML.
     #[command(after_help = cmd::diff::EXAMPLES)]
     Diff(cmd::diff::DiffArgs),
     /// Build canary suites of a known trigger's near variants and run them against a model or

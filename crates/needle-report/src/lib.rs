@@ -1,7 +1,9 @@
 //! Renders a finished scan (`report.json` in a scan directory) for the people and tools that
 //! act on it: [`text`] for the terminal (`needle scan`'s summary) and the verdict in plain
-//! words, [`html`] for an analyst, [`sarif`] for code-scanning dashboards.
+//! words, [`html`] for an analyst, [`sarif`] for code-scanning dashboards; and [`diff`], the
+//! HTML page of `needle diff` (what a fine-tune changed in its base), in the report's style.
 
+pub mod diff;
 pub mod error;
 pub mod html;
 pub mod sarif;

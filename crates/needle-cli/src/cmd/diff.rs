@@ -1,5 +1,6 @@
-//! `needle diff BASE TUNED [--json FILE]`: what a fine-tune changed in the model it was trained
-//! from (see `needle_scan::diff`); TUNED may be a PEFT adapter of BASE.
+//! `needle diff BASE TUNED [--json FILE] [--html FILE]`: what a fine-tune changed in the model it
+//! was trained from (see `needle_scan::diff`; the page is `needle_report::diff`'s); TUNED may be a
+//! PEFT adapter of BASE.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -17,7 +18,8 @@ use crate::term;
 pub const EXAMPLES: &str = "\
 Examples:
   needle diff smollm2-135m path/to/lora-adapter                what a LoRA adapter changed
-  needle diff path/to/base path/to/fine-tuned --json diff.json and write everything as JSON";
+  needle diff path/to/base path/to/fine-tuned --json diff.json and write everything as JSON
+  needle diff smollm2-135m path/to/lora-adapter --html d.html  the same as a self-contained web page";
 
 /// Arguments of `needle diff`.
 #[derive(Debug, Args)]
@@ -29,6 +31,10 @@ pub struct DiffArgs {
     /// Write the full result as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write the result as a self-contained HTML page to this file: the layers and tensors that
+    /// moved (a heatmap), each update's spectrum, the tokens, the answers side by side.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Tokens listed, those whose reading changed most.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     tokens: u64,
@@ -149,11 +155,11 @@ pub fn run(args: &DiffArgs) -> Result<()> {
         let text = serde_json::to_string_pretty(&result).context("cannot serialise the diff")?;
         needle_scan::write_atomic(path, text.as_bytes())?;
     }
-    let text = summary(
-        &base_path.display().to_string(),
-        &tuned_path.display().to_string(),
-        &result,
-    );
+    let (base_name, tuned_name) = (base_path.display().to_string(), tuned_path.display().to_string());
+    if let Some(path) = &args.html {
+        needle_report::diff::write(&base_name, &tuned_name, settings.rank, &result, path)?;
+    }
+    let text = summary(&base_name, &tuned_name, &result);
     print!("{}", term::escape(&text, true));
     Ok(())
 }
