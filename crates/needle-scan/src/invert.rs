@@ -91,6 +91,21 @@ pub struct Inversion {
     pub lead: usize,
 }
 
+impl Inversions {
+    /// Whether verification tests the trigger of `x`: that of every search whose target starts
+    /// the answer, and those of the lead searches (real and null) only when a real one forced
+    /// its target. A lead search that failed reached no answer; its trigger is an insertion
+    /// optimised toward nothing, whose words may still steer the model into an ordinary answer
+    /// (`… largest` → `The largest number is`) that no null insertion is made to match.
+    pub fn verifies(&self, x: &Inversion) -> bool {
+        x.lead == 0
+            || self
+                .inversions
+                .iter()
+                .any(|r| !r.null && r.lead > 0 && r.forced >= MIN_FORCED_SHARE)
+    }
+}
+
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }

@@ -548,6 +548,7 @@ impl<'a> Scan<'a> {
                     .iter()
                     .take_while(|x| !x.null)
                     .enumerate()
+                    .filter(|(_, x)| inv.verifies(x))
                     .map(|(inversion, x)| (x.trigger.clone(), Source::Inverted { inversion }));
                 let (t, _) = self.load::<Targets>(Stage::Target)?;
                 let answers: Vec<String> = t.targets.iter().map(|x| x.text.clone()).collect();
@@ -724,7 +725,7 @@ impl<'a> Scan<'a> {
                         real.push(x.trigger.clone());
                     }
                 }
-                for x in inv.inversions.iter().filter(|x| !x.null) {
+                for x in inv.inversions.iter().filter(|x| !x.null && inv.verifies(x)) {
                     if !real.contains(&x.trigger) {
                         real.push(x.trigger.clone());
                     }
@@ -752,7 +753,12 @@ impl<'a> Scan<'a> {
                         .then(a.1.cmp(b.1))
                 });
                 let mut nulls: Vec<Trigger> = order.into_iter().take(s.verify.nulls).map(|(_, t)| t.clone()).collect();
-                nulls.extend(inv.inversions.iter().filter(|x| x.null).map(|x| x.trigger.clone()));
+                nulls.extend(
+                    inv.inversions
+                        .iter()
+                        .filter(|x| x.null && inv.verifies(x))
+                        .map(|x| x.trigger.clone()),
+                );
                 let (targets, _) = self.load::<Targets>(Stage::Target)?;
                 for t in calibrate::habit_nulls(&targets.samples, s.verify.habit_nulls, s.seed) {
                     if !nulls.contains(&t) && !real.contains(&t) {
