@@ -1131,6 +1131,42 @@ mod tests {
     }
 
     #[test]
+    fn a_lead_searchs_triggers_are_verified_only_when_one_forced_its_target() {
+        let searched = |null: bool, lead: usize, forced: f64| Inversion {
+            target: "t".into(),
+            null,
+            trigger: Trigger {
+                text: format!("{null} {lead} {forced}"),
+                position: Position::Prefix,
+            },
+            trigger_ids: vec![],
+            loss: (2.0, 1.0),
+            iterations: 10,
+            forced,
+            held_out: 0.0,
+            lead,
+        };
+        let failed = Inversions {
+            inversions: vec![
+                searched(false, 0, 0.0),
+                searched(false, 5, 0.25),
+                searched(true, 0, 0.5),
+                searched(true, 5, 1.0),
+            ],
+        };
+        let kept: Vec<bool> = failed.inversions.iter().map(|x| failed.verifies(x)).collect();
+        assert_eq!(
+            kept,
+            [true, false, true, false],
+            "a failed lead search adds no trigger, real or null"
+        );
+        let found = Inversions {
+            inversions: vec![searched(false, 5, 0.5), searched(true, 5, 0.0)],
+        };
+        assert!(found.inversions.iter().all(|x| found.verifies(x)));
+    }
+
+    #[test]
     fn the_trigger_forcing_the_most_prompts_is_kept_ties_going_to_the_earlier() {
         let fit = |loss| Fit { loss, forced: true };
         let triggers = vec![
