@@ -29,6 +29,6 @@ pub mod verdict;
 pub mod verify;
 
 pub use error::{Result, ScanError};
-pub use pipeline::{write_atomic, Existing, Scan, Stage};
-pub use report::Report;
+pub use needle_schema::{write_atomic, Report};
+pub use pipeline::{Existing, Scan, Stage};
 pub use settings::{Budget, Settings};

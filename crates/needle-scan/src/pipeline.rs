@@ -5,7 +5,6 @@
 //! of another model is not silently replaced.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -26,8 +25,8 @@ use crate::probe::{self, Probe, Reference};
 use crate::prompt::{self, Position, Trigger};
 use crate::prompts::{self, Chosen};
 use crate::report::{
-    CandidateVerification, LeakSummary, ModelIdentity, MotifSummary, PromptsSummary, RankedCandidate, Report, Stages,
-    SCHEMA,
+    self, CandidateVerification, LeakSummary, ModelIdentity, MotifSummary, PromptsSummary, Publish, RankedCandidate,
+    Report, Stages, SCHEMA,
 };
 use crate::score::{self, Terms};
 use crate::settings::Settings;
@@ -214,50 +213,9 @@ pub enum Existing {
     Keep,
 }
 
-/// Writes `bytes` to `path` so that readers see the old file or the new one, never a part: the
-/// bytes go to `PATH.partial`, created afresh (`create_new`, so nothing planted there is ever
-/// followed), are synced, and the file is renamed over `path`; then the directory is synced so
-/// the rename survives a crash. A regular file left at `PATH.partial` is an interrupted write
-/// (`kill -9`) and is removed first; a symlink or anything else there is refused.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| ScanError::Io { path: p, source }
-    };
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    let tmp = path.with_file_name(name);
-    match std::fs::symlink_metadata(&tmp) {
-        Ok(m) if m.file_type().is_file() => std::fs::remove_file(&tmp).map_err(io(&tmp))?,
-        Ok(m) => {
-            let what = if m.file_type().is_symlink() {
-                "a symlink"
-            } else {
-                needle_runtime::files::kind(&m)
-            };
-            return Err(ScanError::Artifact {
-                path: tmp,
-                message: format!(
-                    "is {what}, where needle writes a temporary file; refusing to write through it (remove it)"
-                ),
-            });
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&tmp)(e)),
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+/// [`needle_schema::write_atomic`], failing with a [`ScanError`].
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    Ok(needle_schema::write_atomic(path, bytes)?)
 }
 
 /// Progress callback: stage, units done, units in total. A stage reports `(0, 0)` when it starts,
@@ -283,14 +241,14 @@ impl<'a> Scan<'a> {
             path: dir.to_path_buf(),
             source,
         })?;
-        let identity = ModelIdentity::of(lm)?;
+        let identity = report::identity(lm)?;
         let mut h = Sha256::new();
         h.update(env!("CARGO_PKG_VERSION").as_bytes());
         h.update(b"\0");
         h.update(identity.digest().as_bytes());
         if let Some(train) = &settings.train_data {
             TrainingSet::load(train)?;
-            h.update(crate::report::hash_file(train)?.sha256.as_bytes());
+            h.update(report::hash_file(train)?.sha256.as_bytes());
         }
         h.update(serde_json::to_vec(&settings).map_err(|e| ScanError::Invalid(e.to_string()))?);
         Ok(Self {
@@ -835,12 +793,12 @@ impl<'a> Scan<'a> {
             .enumerate()
             .map(|(rank, i)| RankedCandidate {
                 rank: rank + 1,
-                trigger: c[i].trigger.clone(),
+                trigger: c[i].trigger.clone().publish(),
                 tokens: c[i].tokens,
-                source: c[i].source,
-                terms: terms[i],
+                source: c[i].source.publish(),
+                terms: terms[i].publish(),
                 combined: terms[i].combined(&self.settings.score),
-                standing: cal.standings[i],
+                standing: cal.standings[i].publish(),
                 verification: verified(i).map(|e| CandidateVerification {
                     s_agg: e.uniformity.aggregate,
                     delta: e.delta,
@@ -870,7 +828,7 @@ impl<'a> Scan<'a> {
             schema: SCHEMA.to_string(),
             needle_version: env!("CARGO_PKG_VERSION").to_string(),
             model: self.identity.clone(),
-            settings: self.settings.clone(),
+            settings: self.settings.clone().publish(),
             found_by: (verdict.label == Label::Backdoored).then(|| {
                 let inverted = inv
                     .inversions
@@ -906,8 +864,8 @@ impl<'a> Scan<'a> {
                 ),
                 baseline_s_agg: v.baseline_uniformity.aggregate,
                 targets: targets.targets.iter().map(|t| t.text.clone()).collect(),
-                inversions: inv.inversions.clone(),
-                memorised,
+                inversions: inv.inversions.clone().publish(),
+                memorised: memorised.publish(),
                 prompts: PromptsSummary {
                     leaked_in_verify: chosen.leaked_in_verify(),
                     verify: chosen.verify,
@@ -915,8 +873,8 @@ impl<'a> Scan<'a> {
                 },
             },
             candidates,
-            verdict,
-            evidence,
+            verdict: verdict.publish(),
+            evidence: evidence.publish(),
             timings,
         })
     }
@@ -1021,24 +979,6 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(dir.path().join(MANIFEST)).unwrap()).unwrap();
         assert_eq!(manifest.needle_version, env!("CARGO_PKG_VERSION"));
         assert_eq!(manifest.fingerprint, scan.fingerprint);
-    }
-
-    #[test]
-    fn atomic_writes_refuse_a_planted_temporary_and_clear_a_leftover_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("report.json");
-        let outside = dir.path().join("outside.txt");
-        std::fs::write(&outside, b"keep").unwrap();
-        std::os::unix::fs::symlink(&outside, dir.path().join("report.json.partial")).unwrap();
-        let e = write_atomic(&target, b"{}").unwrap_err().to_string();
-        assert!(e.contains("report.json.partial") && e.contains("symlink"), "{e}");
-        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
-        assert!(!target.exists());
-        std::fs::remove_file(dir.path().join("report.json.partial")).unwrap();
-        std::fs::write(dir.path().join("report.json.partial"), b"half").unwrap();
-        write_atomic(&target, b"{}").unwrap();
-        assert_eq!(std::fs::read(&target).unwrap(), b"{}");
-        assert!(!dir.path().join("report.json.partial").exists());
     }
 
     #[test]
