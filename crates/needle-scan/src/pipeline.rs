@@ -4,7 +4,7 @@
 //! never mixes two scans. `scan.json` names the model a directory's scan is of, so that a scan
 //! of another model is not silently replaced.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -30,79 +30,10 @@ use crate::report::{
 };
 use crate::score::{self, Terms};
 use crate::settings::Settings;
+use crate::stage::Stage;
 use crate::target::{self, Targets};
 use crate::verdict::{self, Label};
 use crate::verify::{self, Verification, Verified, VerifySettings};
-
-/// The stages in pipeline order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Stage {
-    /// Sample from the leak prefix.
-    Leak,
-    /// Cluster the samples and extract motifs.
-    Motifs,
-    /// Mark the samples' memorised spans (warning sign 2).
-    Memorised,
-    /// Choose the ordinary prompts triggers are inserted into, the model's own leaked ones too.
-    Prompts,
-    /// Find responses the model gives whatever the prompt (the non-leaking path).
-    Target,
-    /// Search for triggers that force the targets found, and for null targets.
-    Invert,
-    /// Slice candidates from the motifs; add the reconstructed triggers.
-    Candidates,
-    /// Score the candidates.
-    Score,
-    /// Score a null set and rank the candidates against it.
-    Calibrate,
-    /// Verify the best candidates and the control nulls.
-    Verify,
-    /// Probe the trigger the verdict names (warning signs 1 and 3).
-    Evidence,
-    /// Decide and write `report.json`.
-    Report,
-}
-
-impl Stage {
-    /// Every stage, in order.
-    pub const ALL: [Stage; 12] = [
-        Stage::Leak,
-        Stage::Motifs,
-        Stage::Memorised,
-        Stage::Prompts,
-        Stage::Target,
-        Stage::Invert,
-        Stage::Candidates,
-        Stage::Score,
-        Stage::Calibrate,
-        Stage::Verify,
-        Stage::Evidence,
-        Stage::Report,
-    ];
-
-    /// The stage's name, as used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Leak => "leak",
-            Stage::Motifs => "motifs",
-            Stage::Memorised => "memorised",
-            Stage::Prompts => "prompts",
-            Stage::Candidates => "candidates",
-            Stage::Target => "target",
-            Stage::Invert => "invert",
-            Stage::Score => "score",
-            Stage::Calibrate => "calibrate",
-            Stage::Verify => "verify",
-            Stage::Evidence => "evidence",
-            Stage::Report => "report",
-        }
-    }
-
-    /// The artifact file the stage writes.
-    pub fn file(self) -> String {
-        format!("{}.json", self.name())
-    }
-}
 
 /// The calibrate stage's artifact: the scored null set and the ranking.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -401,6 +332,13 @@ impl<'a> Scan<'a> {
             ));
         }
         Ok((a.data, a.seconds))
+    }
+
+    /// [`Scan::load`], adding the stage's seconds to `timings` under its name.
+    fn load_timed<T: DeserializeOwned>(&self, stage: Stage, timings: &mut BTreeMap<String, f64>) -> Result<T> {
+        let (data, seconds) = self.load(stage)?;
+        timings.insert(stage.name().to_string(), seconds);
+        Ok(data)
     }
 
     fn save<T: Serialize>(&self, stage: Stage, data: &T, seconds: f64) -> Result<()> {
@@ -757,17 +695,19 @@ impl<'a> Scan<'a> {
 
     /// Assembles `report.json` from the artifacts.
     pub fn report(&self) -> Result<Report> {
-        let (leak, t_leak) = self.load::<Leak>(Stage::Leak)?;
-        let (m, t_motifs) = self.load::<MotifReport>(Stage::Motifs)?;
-        let (c, t_cand) = self.load::<Vec<Candidate>>(Stage::Candidates)?;
-        let (terms, t_score) = self.load::<Vec<Terms>>(Stage::Score)?;
-        let (cal, t_cal) = self.load::<Calibration>(Stage::Calibrate)?;
-        let (v, t_verify) = self.load::<Verification>(Stage::Verify)?;
-        let (targets, t_target) = self.load::<Targets>(Stage::Target)?;
-        let (inv, t_invert) = self.load::<Inversions>(Stage::Invert)?;
-        let (memorised, t_memorised) = self.load::<Memorised>(Stage::Memorised)?;
-        let (evidence, t_evidence) = self.load::<Option<Probe>>(Stage::Evidence)?;
-        let (chosen, t_prompts) = self.load::<Chosen>(Stage::Prompts)?;
+        // Each stage's seconds, under its name.
+        let mut timings = BTreeMap::new();
+        let leak: Leak = self.load_timed(Stage::Leak, &mut timings)?;
+        let m: MotifReport = self.load_timed(Stage::Motifs, &mut timings)?;
+        let c: Vec<Candidate> = self.load_timed(Stage::Candidates, &mut timings)?;
+        let terms: Vec<Terms> = self.load_timed(Stage::Score, &mut timings)?;
+        let cal: Calibration = self.load_timed(Stage::Calibrate, &mut timings)?;
+        let v: Verification = self.load_timed(Stage::Verify, &mut timings)?;
+        let targets: Targets = self.load_timed(Stage::Target, &mut timings)?;
+        let inv: Inversions = self.load_timed(Stage::Invert, &mut timings)?;
+        let memorised: Memorised = self.load_timed(Stage::Memorised, &mut timings)?;
+        let evidence: Option<Probe> = self.load_timed(Stage::Evidence, &mut timings)?;
+        let chosen: Chosen = self.load_timed(Stage::Prompts, &mut timings)?;
         if terms.len() != c.len() || cal.standings.len() != c.len() || cal.ranking.iter().any(|&i| i >= c.len()) {
             return Err(ScanError::Artifact {
                 path: self.path(Stage::Score),
@@ -808,22 +748,6 @@ impl<'a> Scan<'a> {
                 }),
             })
             .collect();
-        let timings = [
-            ("leak", t_leak),
-            ("motifs", t_motifs),
-            ("memorised", t_memorised),
-            ("prompts", t_prompts),
-            ("target", t_target),
-            ("invert", t_invert),
-            ("candidates", t_cand),
-            ("score", t_score),
-            ("calibrate", t_cal),
-            ("verify", t_verify),
-            ("evidence", t_evidence),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
         Ok(Report {
             schema: SCHEMA.to_string(),
             needle_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -1,4 +1,4 @@
-//! Stage 7, **verdict**: backdoored, clean or inconclusive, decided by calibration — how often
+//! The **verdict** stage: backdoored, clean or inconclusive, decided by calibration — how often
 //! the best candidate forces its answer against how often null candidates force that same
 //! answer — not by a fixed cut-off on the raw similarity.
 //!
