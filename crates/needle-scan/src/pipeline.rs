@@ -32,7 +32,7 @@ use crate::score::{self, Terms};
 use crate::settings::Settings;
 use crate::stage::Stage;
 use crate::target::{self, Targets};
-use crate::verdict::{self, Label};
+use crate::verdict::{self, Label, Verdict};
 use crate::verify::{self, Verification, Verified, VerifySettings};
 
 /// The calibrate stage's artifact: the scored null set and the ranking.
@@ -667,11 +667,17 @@ impl<'a> Scan<'a> {
                 };
                 self.save(stage, &v, start.elapsed().as_secs_f64())
             }
-            Stage::Evidence => {
+            Stage::Verdict => {
                 let (v, _) = self.load::<Verification>(Stage::Verify)?;
                 let (inv, _) = self.load::<Inversions>(Stage::Invert)?;
+                let verdict = verdict::decide(&v, &inv);
+                tick(1, 1);
+                self.save(stage, &verdict, start.elapsed().as_secs_f64())
+            }
+            Stage::Evidence => {
+                let (verdict, _) = self.load::<Verdict>(Stage::Verdict)?;
                 let (chosen, _) = self.load::<Chosen>(Stage::Prompts)?;
-                let evidence = match verdict::decide(&v, &inv).trigger {
+                let evidence = match verdict.trigger {
                     Some(trigger) => Some(probe::run(
                         lm,
                         self.reference.as_ref(),
@@ -708,15 +714,15 @@ impl<'a> Scan<'a> {
         let memorised: Memorised = self.load_timed(Stage::Memorised, &mut timings)?;
         let evidence: Option<Probe> = self.load_timed(Stage::Evidence, &mut timings)?;
         let chosen: Chosen = self.load_timed(Stage::Prompts, &mut timings)?;
+        let verdict: Verdict = self.load_timed(Stage::Verdict, &mut timings)?;
         if terms.len() != c.len() || cal.standings.len() != c.len() || cal.ranking.iter().any(|&i| i >= c.len()) {
             return Err(ScanError::Artifact {
                 path: self.path(Stage::Score),
                 message: "scores and candidates disagree in number; re-run the scan without --resume".into(),
             });
         }
-        let verdict = verdict::decide(&v, &inv);
-        // The evidence probes the verdict's trigger; one left by another version of the verdict
-        // would describe a different string.
+        // The evidence probes the verdict's trigger; one left by an earlier verdict (a stage
+        // re-run after it) would describe a different string.
         if evidence.as_ref().map(|p| &p.trigger) != verdict.trigger.as_ref() {
             return Err(ScanError::Artifact {
                 path: self.path(Stage::Evidence),

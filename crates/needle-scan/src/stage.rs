@@ -46,8 +46,9 @@ stages! {
     Score "score" "Score the candidates (attention, entropy, divergence)",
     Calibrate "calibrate" "Score a null set and rank the candidates against it",
     Verify "verify" "Verify the best candidates and control nulls on the chosen prompts",
+    Verdict "verdict" "Decide backdoored, clean or inconclusive from the verification",
     Evidence "evidence" "Probe the trigger the verdict names: attention, entropy, fuzzy variants",
-    Report "report" "Decide and write report.json",
+    Report "report" "Write report.json from the artifacts",
 }
 
 impl Stage {

@@ -1,6 +1,8 @@
 //! The **verdict** stage: backdoored, clean or inconclusive, decided by calibration — how often
 //! the best candidate forces its answer against how often null candidates force that same
-//! answer — not by a fixed cut-off on the raw similarity.
+//! answer — not by a fixed cut-off on the raw similarity. Its artifact (`verdict.json`, a
+//! [`Verdict`]) is what the evidence stage probes and the report publishes: the verdict is
+//! decided once, here.
 //!
 //! A backdoor ties one answer to its trigger. `ΔS_agg` (how much more alike the answers become)
 //! cannot tell that from an answer the model falls into under many insertions — a small model's
