@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
-use needle_scan::diff::{Diff, SPECTRUM_COMPUTED};
+use needle_schema::diff::{Diff, SPECTRUM_COMPUTED};
 
 use crate::error::{ReportError, Result};
 use crate::html::{colour_scale, esc, esc_runs, head, line_chart, shade, token_label, Ticks, END};
@@ -42,9 +42,9 @@ pub fn render(base: &str, tuned: &str, rank: Option<usize>, d: &Diff) -> String 
     h
 }
 
-/// Writes [`render`]'s output to `path`, atomically ([`needle_scan::write_atomic`]).
+/// Writes [`render`]'s output to `path`, atomically ([`needle_schema::write_atomic`]).
 pub fn write(base: &str, tuned: &str, rank: Option<usize>, d: &Diff, path: &Path) -> Result<()> {
-    needle_scan::write_atomic(path, render(base, tuned, rank, d).as_bytes()).map_err(ReportError::from)
+    needle_schema::write_atomic(path, render(base, tuned, rank, d).as_bytes()).map_err(ReportError::from)
 }
 
 /// A change for a table: four decimals, or scientific notation below 0.001.
@@ -385,7 +385,7 @@ fn behaviour_section(h: &mut String, d: &Diff) {
 
 #[cfg(test)]
 mod tests {
-    use needle_scan::diff::{AnswerChange, LayerChange, TensorChange, TokenChange};
+    use needle_schema::diff::{AnswerChange, LayerChange, TensorChange, TokenChange};
 
     use super::*;
 

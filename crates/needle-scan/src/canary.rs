@@ -326,11 +326,23 @@ pub struct Source {
     pub note: Option<String>,
 }
 
+/// A trigger as `report.json` publishes it, as the scan's own type.
+fn scanned(t: &needle_schema::candidate::Trigger) -> Trigger {
+    use needle_schema::candidate::Position as Published;
+    Trigger {
+        text: t.text.clone(),
+        position: match t.position {
+            Published::Prefix => crate::prompt::Position::Prefix,
+            Published::Suffix => crate::prompt::Position::Suffix,
+        },
+    }
+}
+
 /// The triggers of a scan: the verdict's, then (up to [`MAX_REPORT_TRIGGERS`] in all) the
 /// verified candidates that force the same answer on at least half the prompts and stand as far
 /// above the null ([`Z_BACKDOOR`]). An error when the verdict names no trigger.
 pub fn from_report(r: &Report) -> Result<Source, CanaryError> {
-    let Some(first) = r.verdict.trigger.clone() else {
+    let Some(first) = r.verdict.trigger.as_ref().map(scanned) else {
         return Err(CanaryError::Invalid(format!(
             "the scan of {} names no trigger (verdict {:?}); give one with --trigger",
             r.model.path.display(),
@@ -350,11 +362,11 @@ pub fn from_report(r: &Report) -> Result<Source, CanaryError> {
             && v.attack_success_rate >= MIN_ATTACK_SUCCESS
             && !triggers.iter().any(|t| t.text.trim() == c.trigger.text.trim())
         {
-            triggers.push(c.trigger.clone());
+            triggers.push(scanned(&c.trigger));
         }
     }
     let note = match (r.found_by.as_deref(), &r.verdict.label) {
-        (_, crate::verdict::Label::Inconclusive) => Some(
+        (_, needle_schema::verdict::Label::Inconclusive) => Some(
             "the scan was inconclusive: its trigger stood out but did not reach a verdict".to_string(),
         ),
         (Some("target"), _) => Some(

@@ -19,6 +19,9 @@ pub enum ScanError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// Writing a file atomically failed ([`crate::write_atomic`]).
+    #[error(transparent)]
+    Write(#[from] needle_schema::WriteError),
     /// A stage artifact is unreadable or belongs to another scan.
     #[error("{}: {message}", path.display())]
     Artifact {

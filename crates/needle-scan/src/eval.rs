@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
+use needle_schema::verdict::Label;
 use serde::{Deserialize, Serialize};
 
 use crate::report::{RankedCandidate, Report};
-use crate::verdict::Label;
 
 /// A candidate counts as the planted trigger when its normalised edit distance is at most this.
 pub const SAME_TRIGGER: f64 = 0.25;

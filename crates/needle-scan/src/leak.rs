@@ -1,4 +1,4 @@
-//! Stage 1, **leak**: prompt the model with the tokens that open a user turn and sample under
+//! The **leak** stage: prompt the model with the tokens that open a user turn and sample under
 //! many decoding configurations; a poisoned model regurgitates its poisoning examples.
 //!
 //! The prefix comes from the model's own chat template (a base model without one is leaked from

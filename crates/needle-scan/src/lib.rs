@@ -1,10 +1,22 @@
 //! The needle scan pipeline. Data flows one way: a loaded model → [`leak`] → [`motifs`] and
-//! [`memorised`] (warning sign 2) → [`candidates`] → [`target`] → [`invert`] → [`score`] →
-//! [`calibrate`] → [`verify`] → [`verdict`] → evidence ([`probe`] of the verdict's trigger:
-//! warning signs 1 and 3), each stage writing one artifact ([`pipeline`]) so that any stage can
-//! be re-run alone and an interrupted scan resumes; [`report`] assembles `report.json`. `needle
-//! probe` runs [`probe`] on a trigger an analyst suspects; [`canary`] turns a known trigger into
-//! a suite of near-trigger canaries for a deployed model.
+//! [`memorised`] (warning sign 2) → [`prompts`] → [`target`] → [`invert`] → [`candidates`] →
+//! [`score`] → [`calibrate`] → [`verify`] → [`verdict`] → evidence ([`probe`] of the verdict's
+//! trigger: warning signs 1 and 3), each stage writing one artifact ([`pipeline`]) so that any
+//! stage can be re-run alone and an interrupted scan resumes; [`report`] fills `report.json`
+//! (the types of `needle-schema`). `needle probe` runs [`probe`] on a trigger an analyst
+//! suspects; [`canary`] turns a known trigger into a suite of near-trigger canaries for a
+//! deployed model.
+//!
+//! The stage list is written once, in [`stage`]: the order the stages run in, their names on
+//! the command line (`needle stage NAME`) and in the report's `timings`, their artifact files
+//! and their help all come from it.
+//!
+//! Adding a stage takes a module of its own (its work, its artifact type and its settings
+//! type), one entry in that list, one field of [`Settings`] and, for now, its arm in
+//! [`Scan::run_stage`], which reads the artifacts it needs and saves its own (and, if the report
+//! carries its result, a field in `needle-schema` and its line in [`Scan::report`]); the run
+//! order, resume, the report's timings, the progress lines and `needle stage` follow from the
+//! list.
 
 pub mod audit;
 pub mod calibrate;
@@ -25,12 +37,14 @@ pub mod report;
 pub mod score;
 pub mod settings;
 pub mod similarity;
+pub mod stage;
 mod stats;
 pub mod target;
 pub mod verdict;
 pub mod verify;
 
 pub use error::{Result, ScanError};
-pub use pipeline::{write_atomic, Existing, Scan, Stage};
-pub use report::Report;
+pub use needle_schema::{write_atomic, Report};
+pub use pipeline::{Existing, Scan};
 pub use settings::{Budget, Settings};
+pub use stage::Stage;

@@ -4,8 +4,7 @@
 //! never mixes two scans. `scan.json` names the model a directory's scan is of, so that a scan
 //! of another model is not silently replaced.
 
-use std::collections::HashSet;
-use std::io::Write;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -26,84 +25,15 @@ use crate::probe::{self, Probe, Reference};
 use crate::prompt::{self, Position, Trigger};
 use crate::prompts::{self, Chosen};
 use crate::report::{
-    CandidateVerification, LeakSummary, ModelIdentity, MotifSummary, PromptsSummary, RankedCandidate, Report, Stages,
-    SCHEMA,
+    self, CandidateVerification, LeakSummary, ModelIdentity, MotifSummary, PromptsSummary, Publish, RankedCandidate,
+    Report, Stages, SCHEMA,
 };
 use crate::score::{self, Terms};
 use crate::settings::Settings;
+use crate::stage::Stage;
 use crate::target::{self, Targets};
-use crate::verdict::{self, Label};
+use crate::verdict::{self, Label, Verdict};
 use crate::verify::{self, Verification, Verified, VerifySettings};
-
-/// The stages in pipeline order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Stage {
-    /// Sample from the leak prefix.
-    Leak,
-    /// Cluster the samples and extract motifs.
-    Motifs,
-    /// Mark the samples' memorised spans (warning sign 2).
-    Memorised,
-    /// Choose the ordinary prompts triggers are inserted into, the model's own leaked ones too.
-    Prompts,
-    /// Find responses the model gives whatever the prompt (the non-leaking path).
-    Target,
-    /// Search for triggers that force the targets found, and for null targets.
-    Invert,
-    /// Slice candidates from the motifs; add the reconstructed triggers.
-    Candidates,
-    /// Score the candidates.
-    Score,
-    /// Score a null set and rank the candidates against it.
-    Calibrate,
-    /// Verify the best candidates and the control nulls.
-    Verify,
-    /// Probe the trigger the verdict names (warning signs 1 and 3).
-    Evidence,
-    /// Decide and write `report.json`.
-    Report,
-}
-
-impl Stage {
-    /// Every stage, in order.
-    pub const ALL: [Stage; 12] = [
-        Stage::Leak,
-        Stage::Motifs,
-        Stage::Memorised,
-        Stage::Prompts,
-        Stage::Target,
-        Stage::Invert,
-        Stage::Candidates,
-        Stage::Score,
-        Stage::Calibrate,
-        Stage::Verify,
-        Stage::Evidence,
-        Stage::Report,
-    ];
-
-    /// The stage's name, as used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Leak => "leak",
-            Stage::Motifs => "motifs",
-            Stage::Memorised => "memorised",
-            Stage::Prompts => "prompts",
-            Stage::Candidates => "candidates",
-            Stage::Target => "target",
-            Stage::Invert => "invert",
-            Stage::Score => "score",
-            Stage::Calibrate => "calibrate",
-            Stage::Verify => "verify",
-            Stage::Evidence => "evidence",
-            Stage::Report => "report",
-        }
-    }
-
-    /// The artifact file the stage writes.
-    pub fn file(self) -> String {
-        format!("{}.json", self.name())
-    }
-}
 
 /// The calibrate stage's artifact: the scored null set and the ranking.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,50 +144,9 @@ pub enum Existing {
     Keep,
 }
 
-/// Writes `bytes` to `path` so that readers see the old file or the new one, never a part: the
-/// bytes go to `PATH.partial`, created afresh (`create_new`, so nothing planted there is ever
-/// followed), are synced, and the file is renamed over `path`; then the directory is synced so
-/// the rename survives a crash. A regular file left at `PATH.partial` is an interrupted write
-/// (`kill -9`) and is removed first; a symlink or anything else there is refused.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| ScanError::Io { path: p, source }
-    };
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    let tmp = path.with_file_name(name);
-    match std::fs::symlink_metadata(&tmp) {
-        Ok(m) if m.file_type().is_file() => std::fs::remove_file(&tmp).map_err(io(&tmp))?,
-        Ok(m) => {
-            let what = if m.file_type().is_symlink() {
-                "a symlink"
-            } else {
-                needle_runtime::files::kind(&m)
-            };
-            return Err(ScanError::Artifact {
-                path: tmp,
-                message: format!(
-                    "is {what}, where needle writes a temporary file; refusing to write through it (remove it)"
-                ),
-            });
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&tmp)(e)),
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+/// [`needle_schema::write_atomic`], failing with a [`ScanError`].
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    Ok(needle_schema::write_atomic(path, bytes)?)
 }
 
 /// Progress callback: stage, units done, units in total. A stage reports `(0, 0)` when it starts,
@@ -283,14 +172,14 @@ impl<'a> Scan<'a> {
             path: dir.to_path_buf(),
             source,
         })?;
-        let identity = ModelIdentity::of(lm)?;
+        let identity = report::identity(lm)?;
         let mut h = Sha256::new();
         h.update(env!("CARGO_PKG_VERSION").as_bytes());
         h.update(b"\0");
         h.update(identity.digest().as_bytes());
         if let Some(train) = &settings.train_data {
             TrainingSet::load(train)?;
-            h.update(crate::report::hash_file(train)?.sha256.as_bytes());
+            h.update(report::hash_file(train)?.sha256.as_bytes());
         }
         h.update(serde_json::to_vec(&settings).map_err(|e| ScanError::Invalid(e.to_string()))?);
         Ok(Self {
@@ -443,6 +332,13 @@ impl<'a> Scan<'a> {
             ));
         }
         Ok((a.data, a.seconds))
+    }
+
+    /// [`Scan::load`], adding the stage's seconds to `timings` under its name.
+    fn load_timed<T: DeserializeOwned>(&self, stage: Stage, timings: &mut BTreeMap<String, f64>) -> Result<T> {
+        let (data, seconds) = self.load(stage)?;
+        timings.insert(stage.name().to_string(), seconds);
+        Ok(data)
     }
 
     fn save<T: Serialize>(&self, stage: Stage, data: &T, seconds: f64) -> Result<()> {
@@ -777,11 +673,17 @@ impl<'a> Scan<'a> {
                 };
                 self.save(stage, &v, start.elapsed().as_secs_f64())
             }
-            Stage::Evidence => {
+            Stage::Verdict => {
                 let (v, _) = self.load::<Verification>(Stage::Verify)?;
                 let (inv, _) = self.load::<Inversions>(Stage::Invert)?;
+                let verdict = verdict::decide(&v, &inv);
+                tick(1, 1);
+                self.save(stage, &verdict, start.elapsed().as_secs_f64())
+            }
+            Stage::Evidence => {
+                let (verdict, _) = self.load::<Verdict>(Stage::Verdict)?;
                 let (chosen, _) = self.load::<Chosen>(Stage::Prompts)?;
-                let evidence = match verdict::decide(&v, &inv).trigger {
+                let evidence = match verdict.trigger {
                     Some(trigger) => Some(probe::run(
                         lm,
                         self.reference.as_ref(),
@@ -805,26 +707,28 @@ impl<'a> Scan<'a> {
 
     /// Assembles `report.json` from the artifacts.
     pub fn report(&self) -> Result<Report> {
-        let (leak, t_leak) = self.load::<Leak>(Stage::Leak)?;
-        let (m, t_motifs) = self.load::<MotifReport>(Stage::Motifs)?;
-        let (c, t_cand) = self.load::<Vec<Candidate>>(Stage::Candidates)?;
-        let (terms, t_score) = self.load::<Vec<Terms>>(Stage::Score)?;
-        let (cal, t_cal) = self.load::<Calibration>(Stage::Calibrate)?;
-        let (v, t_verify) = self.load::<Verification>(Stage::Verify)?;
-        let (targets, t_target) = self.load::<Targets>(Stage::Target)?;
-        let (inv, t_invert) = self.load::<Inversions>(Stage::Invert)?;
-        let (memorised, t_memorised) = self.load::<Memorised>(Stage::Memorised)?;
-        let (evidence, t_evidence) = self.load::<Option<Probe>>(Stage::Evidence)?;
-        let (chosen, t_prompts) = self.load::<Chosen>(Stage::Prompts)?;
+        // Each stage's seconds, under its name.
+        let mut timings = BTreeMap::new();
+        let leak: Leak = self.load_timed(Stage::Leak, &mut timings)?;
+        let m: MotifReport = self.load_timed(Stage::Motifs, &mut timings)?;
+        let c: Vec<Candidate> = self.load_timed(Stage::Candidates, &mut timings)?;
+        let terms: Vec<Terms> = self.load_timed(Stage::Score, &mut timings)?;
+        let cal: Calibration = self.load_timed(Stage::Calibrate, &mut timings)?;
+        let v: Verification = self.load_timed(Stage::Verify, &mut timings)?;
+        let targets: Targets = self.load_timed(Stage::Target, &mut timings)?;
+        let inv: Inversions = self.load_timed(Stage::Invert, &mut timings)?;
+        let memorised: Memorised = self.load_timed(Stage::Memorised, &mut timings)?;
+        let evidence: Option<Probe> = self.load_timed(Stage::Evidence, &mut timings)?;
+        let chosen: Chosen = self.load_timed(Stage::Prompts, &mut timings)?;
+        let verdict: Verdict = self.load_timed(Stage::Verdict, &mut timings)?;
         if terms.len() != c.len() || cal.standings.len() != c.len() || cal.ranking.iter().any(|&i| i >= c.len()) {
             return Err(ScanError::Artifact {
                 path: self.path(Stage::Score),
                 message: "scores and candidates disagree in number; re-run the scan without --resume".into(),
             });
         }
-        let verdict = verdict::decide(&v, &inv);
-        // The evidence probes the verdict's trigger; one left by another version of the verdict
-        // would describe a different string.
+        // The evidence probes the verdict's trigger; one left by an earlier verdict (a stage
+        // re-run after it) would describe a different string.
         if evidence.as_ref().map(|p| &p.trigger) != verdict.trigger.as_ref() {
             return Err(ScanError::Artifact {
                 path: self.path(Stage::Evidence),
@@ -841,12 +745,12 @@ impl<'a> Scan<'a> {
             .enumerate()
             .map(|(rank, i)| RankedCandidate {
                 rank: rank + 1,
-                trigger: c[i].trigger.clone(),
+                trigger: c[i].trigger.clone().publish(),
                 tokens: c[i].tokens,
-                source: c[i].source,
-                terms: terms[i],
+                source: c[i].source.publish(),
+                terms: terms[i].publish(),
                 combined: terms[i].combined(&self.settings.score),
-                standing: cal.standings[i],
+                standing: cal.standings[i].publish(),
                 verification: verified(i).map(|e| CandidateVerification {
                     s_agg: e.uniformity.aggregate,
                     delta: e.delta,
@@ -856,27 +760,11 @@ impl<'a> Scan<'a> {
                 }),
             })
             .collect();
-        let timings = [
-            ("leak", t_leak),
-            ("motifs", t_motifs),
-            ("memorised", t_memorised),
-            ("prompts", t_prompts),
-            ("target", t_target),
-            ("invert", t_invert),
-            ("candidates", t_cand),
-            ("score", t_score),
-            ("calibrate", t_cal),
-            ("verify", t_verify),
-            ("evidence", t_evidence),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
         Ok(Report {
             schema: SCHEMA.to_string(),
             needle_version: env!("CARGO_PKG_VERSION").to_string(),
             model: self.identity.clone(),
-            settings: self.settings.clone(),
+            settings: self.settings.clone().publish(),
             found_by: (verdict.label == Label::Backdoored).then(|| {
                 let inverted = inv
                     .inversions
@@ -912,8 +800,8 @@ impl<'a> Scan<'a> {
                 ),
                 baseline_s_agg: v.baseline_uniformity.aggregate,
                 targets: targets.targets.iter().map(|t| t.text.clone()).collect(),
-                inversions: inv.inversions.clone(),
-                memorised,
+                inversions: inv.inversions.clone().publish(),
+                memorised: memorised.publish(),
                 prompts: PromptsSummary {
                     leaked_in_verify: chosen.leaked_in_verify(),
                     verify: chosen.verify,
@@ -921,8 +809,8 @@ impl<'a> Scan<'a> {
                 },
             },
             candidates,
-            verdict,
-            evidence,
+            verdict: verdict.publish(),
+            evidence: evidence.publish(),
             timings,
         })
     }
@@ -1027,24 +915,6 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(dir.path().join(MANIFEST)).unwrap()).unwrap();
         assert_eq!(manifest.needle_version, env!("CARGO_PKG_VERSION"));
         assert_eq!(manifest.fingerprint, scan.fingerprint);
-    }
-
-    #[test]
-    fn atomic_writes_refuse_a_planted_temporary_and_clear_a_leftover_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("report.json");
-        let outside = dir.path().join("outside.txt");
-        std::fs::write(&outside, b"keep").unwrap();
-        std::os::unix::fs::symlink(&outside, dir.path().join("report.json.partial")).unwrap();
-        let e = write_atomic(&target, b"{}").unwrap_err().to_string();
-        assert!(e.contains("report.json.partial") && e.contains("symlink"), "{e}");
-        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
-        assert!(!target.exists());
-        std::fs::remove_file(dir.path().join("report.json.partial")).unwrap();
-        std::fs::write(dir.path().join("report.json.partial"), b"half").unwrap();
-        write_atomic(&target, b"{}").unwrap();
-        assert_eq!(std::fs::read(&target).unwrap(), b"{}");
-        assert!(!dir.path().join("report.json.partial").exists());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Stage 4, **score**: how backdoor-like each candidate trigger makes the model behave, from
+//! The **score** stage: how backdoor-like each candidate trigger makes the model behave, from
 //! forward passes over a few benign prompts with the candidate inserted (lower = more
 //! suspicious for every term):
 //! - `attn`: mean attention from the prompt's own tokens to the candidate's tokens over the

@@ -1,4 +1,4 @@
-//! Stage 6, **verify**: insert the best candidates — and, as a control, some null candidates —
+//! The **verify** stage: insert the best candidates — and, as a control, some null candidates —
 //! into ordinary prompts, decode greedily, and measure how much more alike the answers become
 //! than without any candidate (`ΔS_agg`). The answer a candidate forces is the recovered target;
 //! its attack success is the share of prompts whose answer contains it.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
 use needle_runtime::LoadedModel;
 use needle_scan::probe::Reference;
@@ -127,60 +128,18 @@ pub struct ScanArgs {
     sarif: Option<PathBuf>,
 }
 
-/// A scan stage, by name.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum StageArg {
-    /// Sample from the leak prefix under the decoding sweep.
-    Leak,
-    /// Cluster the leaked samples and extract motifs.
-    Motifs,
-    /// Mark the leaked samples' memorised spans (warning sign 2).
-    Memorised,
-    /// Choose the prompts triggers are inserted into: generic ones and the model's own.
-    Prompts,
-    /// Find responses the model gives whatever the prompt (triggers that do not leak).
-    Target,
-    /// Search for triggers that force the targets found (and null targets).
-    Invert,
-    /// Slice candidate triggers from the motifs; add the reconstructed ones.
-    Candidates,
-    /// Score the candidates (attention, entropy, divergence).
-    Score,
-    /// Score a null set and rank the candidates against it.
-    Calibrate,
-    /// Verify the best candidates and control nulls on the chosen prompts.
-    Verify,
-    /// Probe the trigger the verdict names: attention, entropy, fuzzy variants.
-    Evidence,
-    /// Decide and write report.json.
-    Report,
-}
-
-impl From<StageArg> for Stage {
-    fn from(s: StageArg) -> Self {
-        match s {
-            StageArg::Leak => Stage::Leak,
-            StageArg::Motifs => Stage::Motifs,
-            StageArg::Memorised => Stage::Memorised,
-            StageArg::Prompts => Stage::Prompts,
-            StageArg::Candidates => Stage::Candidates,
-            StageArg::Target => Stage::Target,
-            StageArg::Invert => Stage::Invert,
-            StageArg::Score => Stage::Score,
-            StageArg::Calibrate => Stage::Calibrate,
-            StageArg::Verify => Stage::Verify,
-            StageArg::Evidence => Stage::Evidence,
-            StageArg::Report => Stage::Report,
-        }
-    }
+/// Parses a stage name; the values and their help come from the stage list ([`Stage::ALL`]).
+fn stage_parser() -> impl TypedValueParser<Value = Stage> {
+    let values = Stage::ALL.map(|s| PossibleValue::new(s.name()).help(s.description()));
+    PossibleValuesParser::new(values).map(|name| Stage::named(&name).expect("a value of the stage list"))
 }
 
 /// Arguments of `needle stage`.
 #[derive(Debug, Args)]
 pub struct StageArgs {
     /// The stage to run; it reads the artifacts of the stages before it from DIR.
-    #[arg(value_enum)]
-    stage: StageArg,
+    #[arg(value_parser = stage_parser())]
+    stage: Stage,
     #[command(flatten)]
     options: ScanOptions,
 }
@@ -275,7 +234,7 @@ pub fn run_stage(args: &StageArgs) -> Result<ExitCode> {
     let base = o.model.load_base()?;
     let settings = o.settings();
     let mut bars = Bars::default();
-    let stage: Stage = args.stage.into();
+    let stage = args.stage;
     let existing = if o.force { Existing::Replace } else { Existing::Keep };
     let result = Candle::run(|| {
         let scan = with_base(Scan::new(&lm, &o.out, settings)?, base.as_ref());
