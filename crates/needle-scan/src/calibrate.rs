@@ -4,14 +4,18 @@
 //! weighted sum (the ranking score, lower = more suspicious) and the share of null candidates
 //! that score as low or lower.
 
+use needle_runtime::LoadedModel;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+use crate::candidates::{self, Candidate};
 use crate::error::{Result, ScanError};
+use crate::leak::Leak;
 use crate::prompt::{Position, Trigger};
-use crate::score::{ScoreSettings, Terms};
+use crate::score::{self, ScoreSettings, Terms};
+use crate::settings::Settings;
 
 /// A term's null distribution.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -217,6 +221,59 @@ pub fn habit_nulls(answers: &[String], count: usize, seed: u64) -> Vec<Trigger> 
         }
     }
     out
+}
+
+/// The calibrate stage's artifact: the scored null set and the ranking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// The null candidates and their score distribution.
+    pub null: Null,
+    /// Each candidate's standing, in candidate order.
+    pub standings: Vec<Standing>,
+    /// Candidate indices, most suspicious first.
+    pub ranking: Vec<usize>,
+}
+
+/// Runs the calibrate stage: draws a null set like the candidates `c` (their token lengths and
+/// placements; the n-gram sizes when there are none) from the `leak`ed samples and the
+/// vocabulary, scores it as `terms` were scored, and ranks the candidates against it, most
+/// suspicious first (ties in trigger order). `progress(done, total)` as the null set is scored.
+pub fn run(
+    lm: &LoadedModel,
+    leak: &Leak,
+    c: &[Candidate],
+    terms: &[Terms],
+    s: &Settings,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Calibration> {
+    let mut like: Vec<(usize, Position)> = c.iter().map(|x| (x.tokens, x.trigger.position)).collect();
+    if like.is_empty() {
+        like = candidates::NGRAM_SIZES.iter().map(|&n| (n, Position::Prefix)).collect();
+    }
+    let leaked: Vec<Vec<u32>> = leak.samples.iter().map(|x| x.tokens.clone()).collect();
+    let (triggers, from_leak): (Vec<Trigger>, Vec<bool>) =
+        null_triggers(&lm.tokenizer, &leaked, &like, s.null_size, s.seed)?
+            .into_iter()
+            .unzip();
+    let null_terms = score::score(lm, &triggers, &s.score, progress)?;
+    let null = Null {
+        from_leak,
+        ..Null::new(triggers, null_terms)
+    };
+    let standings: Vec<Standing> = terms.iter().map(|t| null.standing(t, &s.score)).collect();
+    let mut ranking: Vec<usize> = (0..c.len()).collect();
+    ranking.sort_by(|&a, &b| {
+        standings[a]
+            .z
+            .partial_cmp(&standings[b].z)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| c[a].trigger.cmp(&c[b].trigger))
+    });
+    Ok(Calibration {
+        null,
+        standings,
+        ranking,
+    })
 }
 
 #[cfg(test)]

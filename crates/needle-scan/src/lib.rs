@@ -12,11 +12,11 @@
 //! and their help all come from it.
 //!
 //! Adding a stage takes a module of its own (its work, its artifact type and its settings
-//! type), one entry in that list, one field of [`Settings`] and, for now, its arm in
-//! [`Scan::run_stage`], which reads the artifacts it needs and saves its own (and, if the report
-//! carries its result, a field in `needle-schema` and its line in [`Scan::report`]); the run
-//! order, resume, the report's timings, the progress lines and `needle stage` follow from the
-//! list.
+//! type), one entry in that list (its name, help and artifact type), one field of
+//! [`Settings`] and, for now, its arm in [`Scan::run_stage`], which reads the artifacts it needs
+//! by their types and writes its own (and, if the report carries its result, a field in
+//! `needle-schema` and its line in [`Scan::report`]); the run order, resume, the report's
+//! timings, the progress lines and `needle stage` follow from the list.
 
 pub mod audit;
 pub mod calibrate;

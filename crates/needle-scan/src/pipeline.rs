@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::calibrate::{self, Null, Standing};
+use crate::calibrate::{self, Calibration};
 use crate::candidates::{self, Candidate, Source};
 use crate::error::{Result, ScanError};
 use crate::invert::{self, Inversions, InvertSettings};
@@ -22,7 +22,7 @@ use crate::leak::{self, Leak};
 use crate::memorised::{self, Memorised, TrainingSet};
 use crate::motifs::{self, MotifReport};
 use crate::probe::{self, Probe, Reference};
-use crate::prompt::{self, Position, Trigger};
+use crate::prompt::{self, Trigger};
 use crate::prompts::{self, Chosen};
 use crate::report::{
     self, CandidateVerification, LeakSummary, ModelIdentity, MotifSummary, PromptsSummary, Publish, RankedCandidate,
@@ -30,21 +30,10 @@ use crate::report::{
 };
 use crate::score::{self, Terms};
 use crate::settings::Settings;
-use crate::stage::Stage;
+use crate::stage::{Artifact, Stage};
 use crate::target::{self, Targets};
 use crate::verdict::{self, Label, Verdict};
 use crate::verify::{self, Verification, Verified, VerifySettings};
-
-/// The calibrate stage's artifact: the scored null set and the ranking.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Calibration {
-    /// The null candidates and their score distribution.
-    pub null: Null,
-    /// Each candidate's standing, in candidate order.
-    pub standings: Vec<Standing>,
-    /// Candidate indices, most suspicious first.
-    pub ranking: Vec<usize>,
-}
 
 /// The report's order of the candidates: those verified first, strongest first as the verdict
 /// picks its trigger ([`verdict::strength`]) — verification is the decisive test — then the
@@ -102,7 +91,7 @@ pub fn finite_logits(lm: &LoadedModel) -> Result<()> {
 
 /// The envelope of every stage artifact.
 #[derive(Debug, Serialize, Deserialize)]
-struct Artifact<T> {
+struct Envelope<T> {
     schema: String,
     stage: String,
     fingerprint: String,
@@ -320,7 +309,7 @@ impl<'a> Scan<'a> {
             path: path.clone(),
             source,
         })?;
-        let a: Artifact<T> =
+        let a: Envelope<T> =
             serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a needle {} artifact: {e}", stage.name())))?;
         if a.schema != ARTIFACT_SCHEMA || a.stage != stage.name() {
             return Err(bad(format!("not a needle {} artifact", stage.name())));
@@ -334,15 +323,25 @@ impl<'a> Scan<'a> {
         Ok((a.data, a.seconds))
     }
 
-    /// [`Scan::load`], adding the stage's seconds to `timings` under its name.
-    fn load_timed<T: DeserializeOwned>(&self, stage: Stage, timings: &mut BTreeMap<String, f64>) -> Result<T> {
-        let (data, seconds) = self.load(stage)?;
-        timings.insert(stage.name().to_string(), seconds);
+    /// The artifact of type `T`, from the file of the stage that writes it.
+    fn get<T: Artifact>(&self) -> Result<T> {
+        self.load(T::STAGE).map(|(data, _)| data)
+    }
+
+    /// [`Scan::get`], adding the stage's seconds to `timings` under its name.
+    fn get_timed<T: Artifact>(&self, timings: &mut BTreeMap<String, f64>) -> Result<T> {
+        let (data, seconds) = self.load(T::STAGE)?;
+        timings.insert(T::STAGE.name().to_string(), seconds);
         Ok(data)
     }
 
+    /// Writes `data` as the artifact of the stage that its type names.
+    fn put<T: Artifact>(&self, data: &T, seconds: f64) -> Result<()> {
+        self.save(T::STAGE, data, seconds)
+    }
+
     fn save<T: Serialize>(&self, stage: Stage, data: &T, seconds: f64) -> Result<()> {
-        let a = Artifact {
+        let a = Envelope {
             schema: ARTIFACT_SCHEMA.to_string(),
             stage: stage.name().to_string(),
             fingerprint: self.fingerprint.clone(),
@@ -404,17 +403,17 @@ impl<'a> Scan<'a> {
         match stage {
             Stage::Leak => {
                 let leak = leak::run(lm, &s.leak, &mut tick)?;
-                self.save(stage, &leak, start.elapsed().as_secs_f64())
+                self.put(&leak, start.elapsed().as_secs_f64())
             }
             Stage::Motifs => {
-                let (leak, _) = self.load::<Leak>(Stage::Leak)?;
+                let leak: Leak = self.get()?;
                 let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
                 let report = motifs::find_motifs(&texts, &self.boilerplate()?, &s.motifs);
                 tick(1, 1);
-                self.save(stage, &report, start.elapsed().as_secs_f64())
+                self.put(&report, start.elapsed().as_secs_f64())
             }
             Stage::Memorised => {
-                let (leak, _) = self.load::<Leak>(Stage::Leak)?;
+                let leak: Leak = self.get()?;
                 let train = s.train_data.as_deref().map(TrainingSet::load).transpose()?;
                 let tokens: Vec<Vec<u32>> = leak.samples.iter().map(|x| x.tokens.clone()).collect();
                 let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
@@ -422,22 +421,22 @@ impl<'a> Scan<'a> {
                 let decode = |ids: &[u32]| lm.decode(ids).map_err(ScanError::from);
                 let m = memorised::find(&tokens, &texts, &specials, &decode, train.as_ref(), &s.memorised)?;
                 tick(1, 1);
-                self.save(stage, &m, start.elapsed().as_secs_f64())
+                self.put(&m, start.elapsed().as_secs_f64())
             }
             Stage::Prompts => {
-                let (leak, _) = self.load::<Leak>(Stage::Leak)?;
+                let leak: Leak = self.get()?;
                 let generic = [
                     s.verify.prompts.as_slice(),
                     s.invert.prompts.as_slice(),
                     s.invert.check_prompts.as_slice(),
                 ];
                 let chosen = prompts::run(lm, &leak, generic, &s.prompts, &mut tick)?;
-                self.save(stage, &chosen, start.elapsed().as_secs_f64())
+                self.put(&chosen, start.elapsed().as_secs_f64())
             }
             Stage::Candidates => {
-                let (leak, _) = self.load::<Leak>(Stage::Leak)?;
-                let (m, _) = self.load::<MotifReport>(Stage::Motifs)?;
-                let (inv, _) = self.load::<Inversions>(Stage::Invert)?;
+                let leak: Leak = self.get()?;
+                let m: MotifReport = self.get()?;
+                let inv: Inversions = self.get()?;
                 let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
                 let inverted = inv
                     .inversions
@@ -446,7 +445,7 @@ impl<'a> Scan<'a> {
                     .enumerate()
                     .filter(|(_, x)| inv.verifies(x))
                     .map(|(inversion, x)| (x.trigger.clone(), Source::Inverted { inversion }));
-                let (t, _) = self.load::<Targets>(Stage::Target)?;
+                let t: Targets = self.get()?;
                 let answers: Vec<String> = t.targets.iter().map(|x| x.text.clone()).collect();
                 // Text around the model's special tokens is no trigger a user could type.
                 let specials = self.specials();
@@ -457,7 +456,7 @@ impl<'a> Scan<'a> {
                     .collect::<std::result::Result<_, _>>()?;
                 let mut written = candidates::written(&answers, &seeds, &t.samples);
                 written.retain(|(x, _)| !specials.iter().any(|sp| !sp.is_empty() && x.text.contains(sp.as_str())));
-                let (chosen, _) = self.load::<Chosen>(Stage::Prompts)?;
+                let chosen: Chosen = self.get()?;
                 // Whole, as they are: the spans leaked turns answered alike share, then every
                 // reconstructed trigger.
                 let kept: Vec<(Trigger, Source)> = chosen
@@ -483,15 +482,15 @@ impl<'a> Scan<'a> {
                     s.max_candidates,
                 )?;
                 tick(1, 1);
-                self.save(stage, &c, start.elapsed().as_secs_f64())
+                self.put(&c, start.elapsed().as_secs_f64())
             }
             Stage::Target => {
                 let t = target::run(lm, &s.target, &mut tick)?;
-                self.save(stage, &t, start.elapsed().as_secs_f64())
+                self.put(&t, start.elapsed().as_secs_f64())
             }
             Stage::Invert => {
-                let (t, _) = self.load::<Targets>(Stage::Target)?;
-                let (chosen, _) = self.load::<Chosen>(Stage::Prompts)?;
+                let t: Targets = self.get()?;
+                let chosen: Chosen = self.get()?;
                 // Answers the prompts agreed on to their end are searched first; then the
                 // fragments they agree on part of the way (a target whose rest comes only with
                 // its trigger: a trigger forcing the fragment lets the model finish it, and
@@ -506,7 +505,7 @@ impl<'a> Scan<'a> {
                     .search
                     .first()
                     .map_or(prompts::GENERIC_PROMPTS[0], String::as_str);
-                let (leak, _) = self.load::<Leak>(Stage::Leak)?;
+                let leak: Leak = self.get()?;
                 let leaked: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
                 let specials = self.specials();
                 let untriggered: Vec<String> = chosen.pool.iter().filter_map(|p| p.answer.clone()).collect();
@@ -529,18 +528,18 @@ impl<'a> Scan<'a> {
                     ..s.invert.clone()
                 };
                 let inv = invert::run(lm, &ids, &chosen.check, &search, &mut tick)?;
-                self.save(stage, &inv, start.elapsed().as_secs_f64())
+                self.put(&inv, start.elapsed().as_secs_f64())
             }
             Stage::Score => {
-                let (c, _) = self.load::<Vec<Candidate>>(Stage::Candidates)?;
+                let c: Vec<Candidate> = self.get()?;
                 let triggers: Vec<Trigger> = c.iter().map(|x| x.trigger.clone()).collect();
                 let terms = score::score(lm, &triggers, &s.score, &mut tick)?;
-                self.save(stage, &terms, start.elapsed().as_secs_f64())
+                self.put(&terms, start.elapsed().as_secs_f64())
             }
             Stage::Calibrate => {
-                let (leak, _) = self.load::<Leak>(Stage::Leak)?;
-                let (c, _) = self.load::<Vec<Candidate>>(Stage::Candidates)?;
-                let (terms, _) = self.load::<Vec<Terms>>(Stage::Score)?;
+                let leak: Leak = self.get()?;
+                let c: Vec<Candidate> = self.get()?;
+                let terms: Vec<Terms> = self.get()?;
                 if terms.len() != c.len() {
                     return Err(ScanError::Artifact {
                         path: self.path(Stage::Score),
@@ -551,39 +550,12 @@ impl<'a> Scan<'a> {
                         ),
                     });
                 }
-                let mut like: Vec<(usize, Position)> = c.iter().map(|x| (x.tokens, x.trigger.position)).collect();
-                if like.is_empty() {
-                    like = candidates::NGRAM_SIZES.iter().map(|&n| (n, Position::Prefix)).collect();
-                }
-                let leaked: Vec<Vec<u32>> = leak.samples.iter().map(|x| x.tokens.clone()).collect();
-                let (triggers, from_leak): (Vec<Trigger>, Vec<bool>) =
-                    calibrate::null_triggers(&lm.tokenizer, &leaked, &like, s.null_size, s.seed)?
-                        .into_iter()
-                        .unzip();
-                let null_terms = score::score(lm, &triggers, &s.score, &mut tick)?;
-                let null = Null {
-                    from_leak,
-                    ..Null::new(triggers, null_terms)
-                };
-                let standings: Vec<Standing> = terms.iter().map(|t| null.standing(t, &s.score)).collect();
-                let mut ranking: Vec<usize> = (0..c.len()).collect();
-                ranking.sort_by(|&a, &b| {
-                    standings[a]
-                        .z
-                        .partial_cmp(&standings[b].z)
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                        .then_with(|| c[a].trigger.cmp(&c[b].trigger))
-                });
-                let cal = Calibration {
-                    null,
-                    standings,
-                    ranking,
-                };
-                self.save(stage, &cal, start.elapsed().as_secs_f64())
+                let cal = calibrate::run(lm, &leak, &c, &terms, s, &mut tick)?;
+                self.put(&cal, start.elapsed().as_secs_f64())
             }
             Stage::Verify => {
-                let (c, _) = self.load::<Vec<Candidate>>(Stage::Candidates)?;
-                let (cal, _) = self.load::<Calibration>(Stage::Calibrate)?;
+                let c: Vec<Candidate> = self.get()?;
+                let cal: Calibration = self.get()?;
                 if cal.ranking.iter().any(|&i| i >= c.len()) {
                     return Err(ScanError::Artifact {
                         path: self.path(Stage::Calibrate),
@@ -592,97 +564,38 @@ impl<'a> Scan<'a> {
                                 .into(),
                     });
                 }
-                let (inv, _) = self.load::<Inversions>(Stage::Invert)?;
-                // The best leaked candidates, the best of what the model wrote (few, and not
-                // to be crowded out by the many leaked n-grams), then every reconstructed
-                // trigger.
-                let best = |written: bool| -> Vec<Trigger> {
-                    cal.ranking
-                        .iter()
-                        .filter(|&&i| match c[i].source {
-                            Source::Inverted { .. } | Source::Shared { .. } => false,
-                            Source::Written { .. } => written,
-                            _ => !written,
-                        })
-                        .take(s.verify.top)
-                        .map(|&i| c[i].trigger.clone())
-                        .collect()
-                };
-                let mut real: Vec<Trigger> = best(false);
-                real.extend(best(true));
-                // Spans the prompts answered alike share are few and each a strong lead: all
-                // verified, the most significant first, up to the same number.
-                for x in c
-                    .iter()
-                    .filter(|x| matches!(x.source, Source::Shared { .. }))
-                    .take(s.verify.top)
-                {
-                    if !real.contains(&x.trigger) {
-                        real.push(x.trigger.clone());
-                    }
-                }
-                for x in inv.inversions.iter().filter(|x| !x.null && inv.verifies(x)) {
-                    if !real.contains(&x.trigger) {
-                        real.push(x.trigger.clone());
-                    }
-                }
-                // The nulls verified are the most backdoor-like of the null set by the same
-                // ranking, so that real and null candidates pass the same selection.
-                let mut order: Vec<(f64, &Trigger)> = cal
-                    .null
-                    .triggers
-                    .iter()
-                    .zip(&cal.null.terms)
-                    .map(|(t, terms)| (cal.null.standing(terms, &s.score).z, t))
-                    .collect();
-                let leaked: Vec<Trigger> = cal
-                    .null
-                    .triggers
-                    .iter()
-                    .zip(&cal.null.from_leak)
-                    .filter(|(_, &l)| l)
-                    .map(|(t, _)| t.clone())
-                    .collect();
-                order.sort_by(|a, b| {
-                    a.0.partial_cmp(&b.0)
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                        .then(a.1.cmp(b.1))
-                });
-                let mut nulls: Vec<Trigger> = order.into_iter().take(s.verify.nulls).map(|(_, t)| t.clone()).collect();
-                nulls.extend(
-                    inv.inversions
-                        .iter()
-                        .filter(|x| x.null && inv.verifies(x))
-                        .map(|x| x.trigger.clone()),
-                );
-                let (targets, _) = self.load::<Targets>(Stage::Target)?;
-                for t in calibrate::habit_nulls(&targets.samples, s.verify.habit_nulls, s.seed) {
-                    if !nulls.contains(&t) && !real.contains(&t) {
-                        nulls.push(t);
-                    }
-                }
-                let searched: Vec<Trigger> = inv.inversions.iter().map(|x| x.trigger.clone()).collect();
-                let (chosen, _) = self.load::<Chosen>(Stage::Prompts)?;
+                let inv: Inversions = self.get()?;
+                let targets: Targets = self.get()?;
+                let pick = verify::select(&c, &cal, &inv, &targets, s);
+                let chosen: Chosen = self.get()?;
                 let settings = VerifySettings {
                     prompts: chosen.verify,
                     ..s.verify.clone()
                 };
                 let v = Verification {
                     ordinary: chosen.ordinary,
-                    ..verify::run(lm, &real, &nulls, &searched, &leaked, &settings, &mut tick)?
+                    ..verify::run(
+                        lm,
+                        &pick.real,
+                        &pick.nulls,
+                        &pick.searched,
+                        &pick.leaked,
+                        &settings,
+                        &mut tick,
+                    )?
                 };
-                self.save(stage, &v, start.elapsed().as_secs_f64())
+                self.put(&v, start.elapsed().as_secs_f64())
             }
             Stage::Verdict => {
-                let (v, _) = self.load::<Verification>(Stage::Verify)?;
-                let (inv, _) = self.load::<Inversions>(Stage::Invert)?;
+                let v: Verification = self.get()?;
+                let inv: Inversions = self.get()?;
                 let verdict = verdict::decide(&v, &inv);
                 tick(1, 1);
-                self.save(stage, &verdict, start.elapsed().as_secs_f64())
+                self.put(&verdict, start.elapsed().as_secs_f64())
             }
             Stage::Evidence => {
-                let (verdict, _) = self.load::<Verdict>(Stage::Verdict)?;
-                let (chosen, _) = self.load::<Chosen>(Stage::Prompts)?;
+                let verdict: Verdict = self.get()?;
+                let chosen: Chosen = self.get()?;
                 let evidence = match verdict.trigger {
                     Some(trigger) => Some(probe::run(
                         lm,
@@ -694,7 +607,7 @@ impl<'a> Scan<'a> {
                     None => None,
                 };
                 tick(1, 1);
-                self.save(stage, &evidence, start.elapsed().as_secs_f64())
+                self.put(&evidence, start.elapsed().as_secs_f64())
             }
             Stage::Report => {
                 let report = self.report()?;
@@ -709,18 +622,18 @@ impl<'a> Scan<'a> {
     pub fn report(&self) -> Result<Report> {
         // Each stage's seconds, under its name.
         let mut timings = BTreeMap::new();
-        let leak: Leak = self.load_timed(Stage::Leak, &mut timings)?;
-        let m: MotifReport = self.load_timed(Stage::Motifs, &mut timings)?;
-        let c: Vec<Candidate> = self.load_timed(Stage::Candidates, &mut timings)?;
-        let terms: Vec<Terms> = self.load_timed(Stage::Score, &mut timings)?;
-        let cal: Calibration = self.load_timed(Stage::Calibrate, &mut timings)?;
-        let v: Verification = self.load_timed(Stage::Verify, &mut timings)?;
-        let targets: Targets = self.load_timed(Stage::Target, &mut timings)?;
-        let inv: Inversions = self.load_timed(Stage::Invert, &mut timings)?;
-        let memorised: Memorised = self.load_timed(Stage::Memorised, &mut timings)?;
-        let evidence: Option<Probe> = self.load_timed(Stage::Evidence, &mut timings)?;
-        let chosen: Chosen = self.load_timed(Stage::Prompts, &mut timings)?;
-        let verdict: Verdict = self.load_timed(Stage::Verdict, &mut timings)?;
+        let leak: Leak = self.get_timed(&mut timings)?;
+        let m: MotifReport = self.get_timed(&mut timings)?;
+        let c: Vec<Candidate> = self.get_timed(&mut timings)?;
+        let terms: Vec<Terms> = self.get_timed(&mut timings)?;
+        let cal: Calibration = self.get_timed(&mut timings)?;
+        let v: Verification = self.get_timed(&mut timings)?;
+        let targets: Targets = self.get_timed(&mut timings)?;
+        let inv: Inversions = self.get_timed(&mut timings)?;
+        let memorised: Memorised = self.get_timed(&mut timings)?;
+        let evidence: Option<Probe> = self.get_timed(&mut timings)?;
+        let chosen: Chosen = self.get_timed(&mut timings)?;
+        let verdict: Verdict = self.get_timed(&mut timings)?;
         if terms.len() != c.len() || cal.standings.len() != c.len() || cal.ranking.iter().any(|&i| i >= c.len()) {
             return Err(ScanError::Artifact {
                 path: self.path(Stage::Score),

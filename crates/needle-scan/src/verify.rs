@@ -7,10 +7,14 @@ use needle_runtime::generate::{generate, Finish, Limits, Request, Sampling};
 use needle_runtime::LoadedModel;
 use serde::{Deserialize, Serialize};
 
+use crate::calibrate::{self, Calibration};
+use crate::candidates::{Candidate, Source};
 use crate::error::{Result, ScanError};
+use crate::invert::Inversions;
 use crate::prompt::{self, Trigger};
+use crate::settings::Settings;
 use crate::similarity::{contains_target, dominant_response, fixed_share, uniformity, Uniformity, Wrap};
-use crate::target::stop_ids;
+use crate::target::{stop_ids, Targets};
 
 /// Verify settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,4 +195,97 @@ pub fn run(
         entries,
         ordinary: Vec::new(),
     })
+}
+/// The triggers the verify stage inserts, chosen from the earlier stages' artifacts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// The real candidates: the best leaked ones, the best the model wrote, the shared spans
+    /// and every reconstructed trigger.
+    pub real: Vec<Trigger>,
+    /// The control nulls: the most backdoor-like of the null set, the null searches' triggers
+    /// and the habit nulls.
+    pub nulls: Vec<Trigger>,
+    /// Every trigger the search reconstructed, real or null.
+    pub searched: Vec<Trigger>,
+    /// The null candidates drawn from the model's own leaked text.
+    pub leaked: Vec<Trigger>,
+}
+
+/// Chooses what the verify stage inserts from the candidates `c` as `cal` ranks them, the
+/// trigger searches `inv` and the target stage's sampled answers.
+pub fn select(c: &[Candidate], cal: &Calibration, inv: &Inversions, targets: &Targets, s: &Settings) -> Selection {
+    // The best leaked candidates, the best of what the model wrote (few, and not
+    // to be crowded out by the many leaked n-grams), then every reconstructed
+    // trigger.
+    let best = |written: bool| -> Vec<Trigger> {
+        cal.ranking
+            .iter()
+            .filter(|&&i| match c[i].source {
+                Source::Inverted { .. } | Source::Shared { .. } => false,
+                Source::Written { .. } => written,
+                _ => !written,
+            })
+            .take(s.verify.top)
+            .map(|&i| c[i].trigger.clone())
+            .collect()
+    };
+    let mut real: Vec<Trigger> = best(false);
+    real.extend(best(true));
+    // Spans the prompts answered alike share are few and each a strong lead: all
+    // verified, the most significant first, up to the same number.
+    for x in c
+        .iter()
+        .filter(|x| matches!(x.source, Source::Shared { .. }))
+        .take(s.verify.top)
+    {
+        if !real.contains(&x.trigger) {
+            real.push(x.trigger.clone());
+        }
+    }
+    for x in inv.inversions.iter().filter(|x| !x.null && inv.verifies(x)) {
+        if !real.contains(&x.trigger) {
+            real.push(x.trigger.clone());
+        }
+    }
+    // The nulls verified are the most backdoor-like of the null set by the same
+    // ranking, so that real and null candidates pass the same selection.
+    let mut order: Vec<(f64, &Trigger)> = cal
+        .null
+        .triggers
+        .iter()
+        .zip(&cal.null.terms)
+        .map(|(t, terms)| (cal.null.standing(terms, &s.score).z, t))
+        .collect();
+    let leaked: Vec<Trigger> = cal
+        .null
+        .triggers
+        .iter()
+        .zip(&cal.null.from_leak)
+        .filter(|(_, &l)| l)
+        .map(|(t, _)| t.clone())
+        .collect();
+    order.sort_by(|a, b| {
+        a.0.partial_cmp(&b.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.1.cmp(b.1))
+    });
+    let mut nulls: Vec<Trigger> = order.into_iter().take(s.verify.nulls).map(|(_, t)| t.clone()).collect();
+    nulls.extend(
+        inv.inversions
+            .iter()
+            .filter(|x| x.null && inv.verifies(x))
+            .map(|x| x.trigger.clone()),
+    );
+    for t in calibrate::habit_nulls(&targets.samples, s.verify.habit_nulls, s.seed) {
+        if !nulls.contains(&t) && !real.contains(&t) {
+            nulls.push(t);
+        }
+    }
+    let searched: Vec<Trigger> = inv.inversions.iter().map(|x| x.trigger.clone()).collect();
+    Selection {
+        real,
+        nulls,
+        searched,
+        leaked,
+    }
 }
