@@ -628,11 +628,27 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
         // finish early without its trigger (its first sentence, then the end of the turn).
         let short = c.probs.len() < MIN_CONTINUATION || ids.len() < 4;
         let ended_early = c.ended && !c.probs.is_empty();
-        if agreement < s.min_agreement
-            || (short && !ended_early)
-            || text.split_whitespace().count() < 2
-            || headers.iter().any(|h| text.contains(h.as_str()))
-        {
+        let dropped = if agreement < s.min_agreement {
+            Some("the prompts disagree")
+        } else if short && !ended_early {
+            Some("too short")
+        } else if text.split_whitespace().count() < 2 {
+            Some("one word")
+        } else if headers.iter().any(|h| text.contains(h.as_str())) {
+            Some("runs into a role header")
+        } else {
+            None
+        };
+        tracing::debug!(
+            %text,
+            agreement,
+            agreed = c.probs.len(),
+            forced = c.forced,
+            ended = c.ended,
+            dropped = dropped.unwrap_or("kept"),
+            "target chain"
+        );
+        if dropped.is_some() {
             continue;
         }
         let n = c.probs.len() as f64;
