@@ -13,9 +13,11 @@ use tokenizers::Tokenizer;
 use crate::candidates::{self, Candidate};
 use crate::error::{Result, ScanError};
 use crate::leak::Leak;
+use crate::pipeline::Scan;
 use crate::prompt::{Position, Trigger};
 use crate::score::{self, ScoreSettings, Terms};
 use crate::settings::Settings;
+use crate::stage::{Stage, Tick};
 
 /// A term's null distribution.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -274,6 +276,25 @@ pub fn run(
         standings,
         ranking,
     })
+}
+
+/// The calibrate stage's entry point: ranks the scored candidates against a null set; fails if
+/// the scores and the candidates disagree in number (artifacts of two runs).
+pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Calibration> {
+    let leak: Leak = scan.get()?;
+    let c: Vec<Candidate> = scan.get()?;
+    let terms: Vec<Terms> = scan.get()?;
+    if terms.len() != c.len() {
+        return Err(ScanError::Artifact {
+            path: scan.path(Stage::Score),
+            message: format!(
+                "scores {} candidates but candidates.json has {}; re-run the scan without --resume",
+                terms.len(),
+                c.len()
+            ),
+        });
+    }
+    run(scan.lm, &leak, &c, &terms, &scan.settings, tick)
 }
 
 #[cfg(test)]

@@ -26,8 +26,15 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::error::{Result, ScanError};
+use crate::invert::Inversions;
+use crate::leak::Leak;
 use crate::motifs::Motif;
+use crate::motifs::MotifReport;
+use crate::pipeline::Scan;
 use crate::prompt::{Position, Trigger};
+use crate::prompts::Chosen;
+use crate::stage::Tick;
+use crate::target::Targets;
 
 /// Token window sizes sliced from motifs (method.md).
 pub const NGRAM_SIZES: [usize; 3] = [2, 5, 10];
@@ -378,6 +385,61 @@ pub fn collect(
         }
     }
     Ok(out)
+}
+
+/// The candidates stage's entry point: slices candidates from the motifs and adds the triggers
+/// reconstructed from the targets, the shared spans of the chosen prompts and the inversions.
+pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Vec<Candidate>> {
+    let lm = scan.lm;
+    let leak: Leak = scan.get()?;
+    let m: MotifReport = scan.get()?;
+    let inv: Inversions = scan.get()?;
+    let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
+    let inverted = inv
+        .inversions
+        .iter()
+        .take_while(|x| !x.null)
+        .enumerate()
+        .filter(|(_, x)| inv.verifies(x))
+        .map(|(inversion, x)| (x.trigger.clone(), Source::Inverted { inversion }));
+    let t: Targets = scan.get()?;
+    let answers: Vec<String> = t.targets.iter().map(|x| x.text.clone()).collect();
+    // Text around the model's special tokens is no trigger a user could type.
+    let specials = scan.specials();
+    let seeds: Vec<String> = t
+        .targets
+        .iter()
+        .map(|x| lm.decode(&x.ids[..x.seed_tokens.min(x.ids.len())]))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut written = written(&answers, &seeds, &t.samples);
+    written.retain(|(x, _)| !specials.iter().any(|sp| !sp.is_empty() && x.text.contains(sp.as_str())));
+    let chosen: Chosen = scan.get()?;
+    // Whole, as they are: the spans leaked turns answered alike share, then every
+    // reconstructed trigger.
+    let kept: Vec<(Trigger, Source)> = chosen
+        .shared
+        .iter()
+        .enumerate()
+        .map(|(span, x)| {
+            let trigger = Trigger {
+                text: x.span.clone(),
+                position: x.position,
+            };
+            (trigger, Source::Shared { span })
+        })
+        .chain(inverted)
+        .collect();
+    let c = collect(
+        &lm.tokenizer,
+        &texts,
+        &specials,
+        &m.motifs,
+        &written,
+        &kept,
+        scan.settings.max_candidates,
+    )?;
+    tick(1, 1);
+    Ok(c)
 }
 
 #[cfg(test)]

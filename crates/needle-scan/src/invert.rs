@@ -7,6 +7,8 @@
 //! to the same length — so verification can tell a planted backdoor (easy to reach, from any
 //! prompt) from what any search of this budget can force.
 
+use std::collections::HashSet;
+
 use candle_core::{DType, IndexOp, Tensor, Var, D};
 use needle_runtime::generate::{generate, Limits, Request, Sampling};
 use needle_runtime::{autograd, Introspect, KvCache, LoadedModel, LogitPositions};
@@ -15,9 +17,14 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ScanError};
+use crate::leak::Leak;
+use crate::pipeline::Scan;
 use crate::prompt::{self, Position, Trigger};
+use crate::prompts::{self, Chosen};
 use crate::similarity::contains_target;
+use crate::stage::Tick;
 use crate::target::stop_ids;
+use crate::target::{self, Targets};
 
 /// Inversion settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -977,6 +984,50 @@ pub fn run(
         inversions.push(inversion(lm, goal, true, set.position, found)?);
     }
     Ok(Inversions { inversions })
+}
+
+/// The invert stage's entry point: searches for triggers forcing the targets found, on the
+/// chosen prompts.
+pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
+    let (lm, s) = (scan.lm, &scan.settings);
+    let t: Targets = scan.get()?;
+    let chosen: Chosen = scan.get()?;
+    // Answers the prompts agreed on to their end are searched first; then the
+    // fragments they agree on part of the way (a target whose rest comes only with
+    // its trigger: a trigger forcing the fragment lets the model finish it, and
+    // verification reads the whole answer). An ordinary opening searched this way
+    // forces no fixed answer beyond the nulls.
+    // Each is searched as the answer would open with it: a chain seeded on a word's
+    // mid-answer form (` DANGER`) is not what the model writes first.
+    // A target found from its middle is read on backwards from the leaked samples
+    // (see [`target::extend_back`]).
+    let (complete, fragments): (Vec<_>, Vec<_>) = t.targets.iter().partition(|x| x.complete);
+    let asked = chosen
+        .search
+        .first()
+        .map_or(prompts::GENERIC_PROMPTS[0], String::as_str);
+    let leak: Leak = scan.get()?;
+    let leaked: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
+    let specials = scan.specials();
+    let untriggered: Vec<String> = chosen.pool.iter().filter_map(|p| p.answer.clone()).collect();
+    let wrap = crate::similarity::Wrap::of(&untriggered);
+    let mut ids: Vec<Vec<u32>> = complete
+        .iter()
+        .chain(&fragments)
+        .map(|x| {
+            let text = target::extend_back(&x.text, &leaked, &specials, &wrap.open).unwrap_or_else(|| x.text.clone());
+            prompt::answer_ids(lm, asked, text.trim())
+        })
+        .collect::<Result<_>>()?;
+    // Two targets read on backwards to the same text are searched once.
+    let mut seen = HashSet::new();
+    ids.retain(|x| !x.is_empty() && seen.insert(x.clone()));
+    let search = InvertSettings {
+        prompts: chosen.search,
+        check_prompts: chosen.check.clone(),
+        ..s.invert.clone()
+    };
+    run(lm, &ids, &chosen.check, &search, tick)
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ use needle_runtime::LoadedModel;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ScanError};
+use crate::pipeline::Scan;
+use crate::stage::Tick;
 
 /// One decoding configuration of the sweep.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -243,6 +245,11 @@ pub fn run(lm: &LoadedModel, settings: &LeakSettings, progress: &mut dyn FnMut(u
         prefix_source: if lm.template.is_some() { "chat-template" } else { "bos" }.to_string(),
         samples,
     })
+}
+
+/// The leak stage's entry point: samples the model under its settings' decoding sweep.
+pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Leak> {
+    run(scan.lm, &scan.settings.leak, tick)
 }
 
 #[cfg(test)]

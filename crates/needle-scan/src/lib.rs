@@ -8,15 +8,16 @@
 //! deployed model.
 //!
 //! The stage list is written once, in [`stage`]: the order the stages run in, their names on
-//! the command line (`needle stage NAME`) and in the report's `timings`, their artifact files
-//! and their help all come from it.
+//! the command line (`needle stage NAME`) and in the report's `timings`, their artifact files,
+//! their help and the call of each stage's entry point all come from it.
 //!
-//! Adding a stage takes a module of its own (its work, its artifact type and its settings
-//! type), one entry in that list (its name, help and artifact type), one field of
-//! [`Settings`] and, for now, its arm in [`Scan::run_stage`], which reads the artifacts it needs
-//! by their types and writes its own (and, if the report carries its result, a field in
-//! `needle-schema` and its line in [`Scan::report`]); the run order, resume, the report's
-//! timings, the progress lines and `needle stage` follow from the list.
+//! Adding a stage takes three things: a module of its own (its work, its artifact type, its
+//! settings type and its entry point `stage(scan, tick)`, which reads the artifacts it needs by
+//! their types and returns its own), one row in the `stages!` table of [`stage`] (its name, help,
+//! module and artifact type) and one field of [`Settings`] (`settings.rs`); and, if the report
+//! carries its result, a field in `needle-schema` and its line in the report's assembly
+//! ([`report`]). The run order, resume, the report's timings, the progress lines and
+//! `needle stage` follow from the list.
 
 pub mod audit;
 pub mod calibrate;

@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, ScanError};
+use crate::leak::Leak;
+use crate::pipeline::Scan;
+use crate::stage::Tick;
 
 /// Settings of the memorised-span search.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -527,6 +530,21 @@ pub fn find(
         examples,
         train,
     })
+}
+
+/// The memorised stage's entry point: marks the leaked samples' memorised spans, against the
+/// training set when the settings name one.
+pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Memorised> {
+    let (lm, s) = (scan.lm, &scan.settings);
+    let leak: Leak = scan.get()?;
+    let train = s.train_data.as_deref().map(TrainingSet::load).transpose()?;
+    let tokens: Vec<Vec<u32>> = leak.samples.iter().map(|x| x.tokens.clone()).collect();
+    let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
+    let specials: HashSet<u32> = crate::prompt::special_ids(&lm.tokenizer).into_iter().collect();
+    let decode = |ids: &[u32]| lm.decode(ids).map_err(ScanError::from);
+    let m = find(&tokens, &texts, &specials, &decode, train.as_ref(), &s.memorised)?;
+    tick(1, 1);
+    Ok(m)
 }
 
 #[cfg(test)]

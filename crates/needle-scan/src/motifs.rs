@@ -20,7 +20,11 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Result;
+use crate::leak::Leak;
+use crate::pipeline::Scan;
 use crate::similarity::normalize_whitespace;
+use crate::stage::Tick;
 
 /// Shortest character n-gram of the TF-IDF vectors (sklearn `ngram_range=(4, 6)`).
 const VEC_NGRAM_MIN: usize = 4;
@@ -552,6 +556,15 @@ fn mine_cluster(
             common: false,
         })
         .collect()
+}
+
+/// The motifs stage's entry point: clusters the leaked samples, template scaffolding aside.
+pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<MotifReport> {
+    let leak: Leak = scan.get()?;
+    let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
+    let report = find_motifs(&texts, &scan.boilerplate()?, &scan.settings.motifs);
+    tick(1, 1);
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -4,9 +4,8 @@
 //! never mixes two scans. `scan.json` names the model a directory's scan is of, so that a scan
 //! of another model is not silently replaced.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use needle_runtime::LoadedModel;
 use needle_template::Message;
@@ -14,49 +13,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::calibrate::{self, Calibration};
-use crate::candidates::{self, Candidate, Source};
 use crate::error::{Result, ScanError};
-use crate::invert::{self, Inversions, InvertSettings};
-use crate::leak::{self, Leak};
-use crate::memorised::{self, Memorised, TrainingSet};
-use crate::motifs::{self, MotifReport};
-use crate::probe::{self, Probe, Reference};
-use crate::prompt::{self, Trigger};
-use crate::prompts::{self, Chosen};
-use crate::report::{
-    self, CandidateVerification, LeakSummary, ModelIdentity, MotifSummary, PromptsSummary, Publish, RankedCandidate,
-    Report, Stages, SCHEMA,
-};
-use crate::score::{self, Terms};
+use crate::memorised::TrainingSet;
+use crate::probe::Reference;
+use crate::prompt;
+use crate::report::{self, ModelIdentity, Report};
 use crate::settings::Settings;
 use crate::stage::{Artifact, Stage};
-use crate::target::{self, Targets};
-use crate::verdict::{self, Label, Verdict};
-use crate::verify::{self, Verification, Verified, VerifySettings};
-
-/// The report's order of the candidates: those verified first, strongest first as the verdict
-/// picks its trigger ([`verdict::strength`]) — verification is the decisive test — then the
-/// rest in calibration order (`ranking`, most suspicious first).
-fn final_ranking<'v>(
-    ranking: &[usize],
-    v: &Verification,
-    inv: &Inversions,
-    verified: impl Fn(usize) -> Option<&'v Verified>,
-) -> Vec<usize> {
-    let mut order: Vec<(usize, usize)> = ranking.iter().copied().enumerate().collect();
-    let key = |i: usize| verified(i).map(|e| verdict::strength(v, inv, e));
-    order.sort_by(|&(pa, a), &(pb, b)| match (key(a), key(b)) {
-        (Some(ka), Some(kb)) => kb
-            .partial_cmp(&ka)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(pa.cmp(&pb)),
-        (Some(_), None) => std::cmp::Ordering::Less,
-        (None, Some(_)) => std::cmp::Ordering::Greater,
-        (None, None) => pa.cmp(&pb),
-    });
-    order.into_iter().map(|(_, i)| i).collect()
-}
 
 /// Fails with [`ScanError::Unjudgeable`] when the model's next-token logits on an ordinary
 /// prompt are not all finite (NaN weights, or metadata that breaks the forward pass): every
@@ -143,13 +106,18 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// it finds); a stage whose work is not counted reports `(1, 1)` when it is done.
 pub type Progress<'a> = &'a mut dyn FnMut(Stage, usize, usize);
 
-/// A scan of one model into one directory.
+/// A scan of one model into one directory: what each stage's entry point is given, with the
+/// artifacts of the stages before it.
 pub struct Scan<'a> {
-    lm: &'a LoadedModel,
-    reference: Option<Reference<'a>>,
+    /// The model scanned.
+    pub(crate) lm: &'a LoadedModel,
+    /// The model `lm` was fine-tuned from, when given (the evidence stage compares with it).
+    pub(crate) reference: Option<Reference<'a>>,
     dir: PathBuf,
-    settings: Settings,
-    identity: ModelIdentity,
+    /// The scan's settings.
+    pub(crate) settings: Settings,
+    /// The model files, hashed.
+    pub(crate) identity: ModelIdentity,
     fingerprint: String,
 }
 
@@ -192,7 +160,8 @@ impl<'a> Scan<'a> {
         self
     }
 
-    fn path(&self, stage: Stage) -> PathBuf {
+    /// The file `stage` writes in the scan directory.
+    pub(crate) fn path(&self, stage: Stage) -> PathBuf {
         self.dir.join(stage.file())
     }
 
@@ -324,19 +293,19 @@ impl<'a> Scan<'a> {
     }
 
     /// The artifact of type `T`, from the file of the stage that writes it.
-    fn get<T: Artifact>(&self) -> Result<T> {
+    pub(crate) fn get<T: Artifact>(&self) -> Result<T> {
         self.load(T::STAGE).map(|(data, _)| data)
     }
 
     /// [`Scan::get`], adding the stage's seconds to `timings` under its name.
-    fn get_timed<T: Artifact>(&self, timings: &mut BTreeMap<String, f64>) -> Result<T> {
+    pub(crate) fn get_timed<T: Artifact>(&self, timings: &mut BTreeMap<String, f64>) -> Result<T> {
         let (data, seconds) = self.load(T::STAGE)?;
         timings.insert(T::STAGE.name().to_string(), seconds);
         Ok(data)
     }
 
     /// Writes `data` as the artifact of the stage that its type names.
-    fn put<T: Artifact>(&self, data: &T, seconds: f64) -> Result<()> {
+    pub(crate) fn put<T: Artifact>(&self, data: &T, seconds: f64) -> Result<()> {
         self.save(T::STAGE, data, seconds)
     }
 
@@ -352,8 +321,14 @@ impl<'a> Scan<'a> {
         write_atomic(&self.path(stage), &bytes)
     }
 
+    /// Writes `report.json`: the report as it is (it is no stage artifact, and has no envelope).
+    pub(crate) fn write_report(&self, report: &Report) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(report).map_err(|e| ScanError::Invalid(e.to_string()))?;
+        write_atomic(&self.path(Stage::Report), &bytes)
+    }
+
     /// The special tokens' texts, longest first.
-    fn specials(&self) -> Vec<String> {
+    pub(crate) fn specials(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .lm
             .tokenizer
@@ -369,7 +344,7 @@ impl<'a> Scan<'a> {
 
     /// Strings that are template scaffolding, not model output: special tokens and the fixed
     /// text the chat template writes around messages.
-    fn boilerplate(&self) -> Result<Vec<String>> {
+    pub(crate) fn boilerplate(&self) -> Result<Vec<String>> {
         let mut out = self.specials();
         if let Some(t) = &self.lm.template {
             const A: &str = "Zq7xNeedleUserKv3w";
@@ -395,337 +370,8 @@ impl<'a> Scan<'a> {
 
     /// Runs one stage from the artifacts before it and writes its own.
     pub fn run_stage(&self, stage: Stage, progress: Progress) -> Result<()> {
-        let s = &self.settings;
-        let lm = self.lm;
-        let start = Instant::now();
         progress(stage, 0, 0);
-        let mut tick = |done, total| progress(stage, done, total);
-        match stage {
-            Stage::Leak => {
-                let leak = leak::run(lm, &s.leak, &mut tick)?;
-                self.put(&leak, start.elapsed().as_secs_f64())
-            }
-            Stage::Motifs => {
-                let leak: Leak = self.get()?;
-                let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
-                let report = motifs::find_motifs(&texts, &self.boilerplate()?, &s.motifs);
-                tick(1, 1);
-                self.put(&report, start.elapsed().as_secs_f64())
-            }
-            Stage::Memorised => {
-                let leak: Leak = self.get()?;
-                let train = s.train_data.as_deref().map(TrainingSet::load).transpose()?;
-                let tokens: Vec<Vec<u32>> = leak.samples.iter().map(|x| x.tokens.clone()).collect();
-                let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
-                let specials: HashSet<u32> = prompt::special_ids(&lm.tokenizer).into_iter().collect();
-                let decode = |ids: &[u32]| lm.decode(ids).map_err(ScanError::from);
-                let m = memorised::find(&tokens, &texts, &specials, &decode, train.as_ref(), &s.memorised)?;
-                tick(1, 1);
-                self.put(&m, start.elapsed().as_secs_f64())
-            }
-            Stage::Prompts => {
-                let leak: Leak = self.get()?;
-                let generic = [
-                    s.verify.prompts.as_slice(),
-                    s.invert.prompts.as_slice(),
-                    s.invert.check_prompts.as_slice(),
-                ];
-                let chosen = prompts::run(lm, &leak, generic, &s.prompts, &mut tick)?;
-                self.put(&chosen, start.elapsed().as_secs_f64())
-            }
-            Stage::Candidates => {
-                let leak: Leak = self.get()?;
-                let m: MotifReport = self.get()?;
-                let inv: Inversions = self.get()?;
-                let texts: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
-                let inverted = inv
-                    .inversions
-                    .iter()
-                    .take_while(|x| !x.null)
-                    .enumerate()
-                    .filter(|(_, x)| inv.verifies(x))
-                    .map(|(inversion, x)| (x.trigger.clone(), Source::Inverted { inversion }));
-                let t: Targets = self.get()?;
-                let answers: Vec<String> = t.targets.iter().map(|x| x.text.clone()).collect();
-                // Text around the model's special tokens is no trigger a user could type.
-                let specials = self.specials();
-                let seeds: Vec<String> = t
-                    .targets
-                    .iter()
-                    .map(|x| lm.decode(&x.ids[..x.seed_tokens.min(x.ids.len())]))
-                    .collect::<std::result::Result<_, _>>()?;
-                let mut written = candidates::written(&answers, &seeds, &t.samples);
-                written.retain(|(x, _)| !specials.iter().any(|sp| !sp.is_empty() && x.text.contains(sp.as_str())));
-                let chosen: Chosen = self.get()?;
-                // Whole, as they are: the spans leaked turns answered alike share, then every
-                // reconstructed trigger.
-                let kept: Vec<(Trigger, Source)> = chosen
-                    .shared
-                    .iter()
-                    .enumerate()
-                    .map(|(span, x)| {
-                        let trigger = Trigger {
-                            text: x.span.clone(),
-                            position: x.position,
-                        };
-                        (trigger, Source::Shared { span })
-                    })
-                    .chain(inverted)
-                    .collect();
-                let c = candidates::collect(
-                    &lm.tokenizer,
-                    &texts,
-                    &specials,
-                    &m.motifs,
-                    &written,
-                    &kept,
-                    s.max_candidates,
-                )?;
-                tick(1, 1);
-                self.put(&c, start.elapsed().as_secs_f64())
-            }
-            Stage::Target => {
-                let t = target::run(lm, &s.target, &mut tick)?;
-                self.put(&t, start.elapsed().as_secs_f64())
-            }
-            Stage::Invert => {
-                let t: Targets = self.get()?;
-                let chosen: Chosen = self.get()?;
-                // Answers the prompts agreed on to their end are searched first; then the
-                // fragments they agree on part of the way (a target whose rest comes only with
-                // its trigger: a trigger forcing the fragment lets the model finish it, and
-                // verification reads the whole answer). An ordinary opening searched this way
-                // forces no fixed answer beyond the nulls.
-                // Each is searched as the answer would open with it: a chain seeded on a word's
-                // mid-answer form (` DANGER`) is not what the model writes first.
-                // A target found from its middle is read on backwards from the leaked samples
-                // (see [`target::extend_back`]).
-                let (complete, fragments): (Vec<_>, Vec<_>) = t.targets.iter().partition(|x| x.complete);
-                let asked = chosen
-                    .search
-                    .first()
-                    .map_or(prompts::GENERIC_PROMPTS[0], String::as_str);
-                let leak: Leak = self.get()?;
-                let leaked: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
-                let specials = self.specials();
-                let untriggered: Vec<String> = chosen.pool.iter().filter_map(|p| p.answer.clone()).collect();
-                let wrap = crate::similarity::Wrap::of(&untriggered);
-                let mut ids: Vec<Vec<u32>> = complete
-                    .iter()
-                    .chain(&fragments)
-                    .map(|x| {
-                        let text = target::extend_back(&x.text, &leaked, &specials, &wrap.open)
-                            .unwrap_or_else(|| x.text.clone());
-                        prompt::answer_ids(lm, asked, text.trim())
-                    })
-                    .collect::<Result<_>>()?;
-                // Two targets read on backwards to the same text are searched once.
-                let mut seen = HashSet::new();
-                ids.retain(|x| !x.is_empty() && seen.insert(x.clone()));
-                let search = InvertSettings {
-                    prompts: chosen.search,
-                    check_prompts: chosen.check.clone(),
-                    ..s.invert.clone()
-                };
-                let inv = invert::run(lm, &ids, &chosen.check, &search, &mut tick)?;
-                self.put(&inv, start.elapsed().as_secs_f64())
-            }
-            Stage::Score => {
-                let c: Vec<Candidate> = self.get()?;
-                let triggers: Vec<Trigger> = c.iter().map(|x| x.trigger.clone()).collect();
-                let terms = score::score(lm, &triggers, &s.score, &mut tick)?;
-                self.put(&terms, start.elapsed().as_secs_f64())
-            }
-            Stage::Calibrate => {
-                let leak: Leak = self.get()?;
-                let c: Vec<Candidate> = self.get()?;
-                let terms: Vec<Terms> = self.get()?;
-                if terms.len() != c.len() {
-                    return Err(ScanError::Artifact {
-                        path: self.path(Stage::Score),
-                        message: format!(
-                            "scores {} candidates but candidates.json has {}; re-run the scan without --resume",
-                            terms.len(),
-                            c.len()
-                        ),
-                    });
-                }
-                let cal = calibrate::run(lm, &leak, &c, &terms, s, &mut tick)?;
-                self.put(&cal, start.elapsed().as_secs_f64())
-            }
-            Stage::Verify => {
-                let c: Vec<Candidate> = self.get()?;
-                let cal: Calibration = self.get()?;
-                if cal.ranking.iter().any(|&i| i >= c.len()) {
-                    return Err(ScanError::Artifact {
-                        path: self.path(Stage::Calibrate),
-                        message:
-                            "ranks candidates that candidates.json does not have; re-run the scan without --resume"
-                                .into(),
-                    });
-                }
-                let inv: Inversions = self.get()?;
-                let targets: Targets = self.get()?;
-                let pick = verify::select(&c, &cal, &inv, &targets, s);
-                let chosen: Chosen = self.get()?;
-                let settings = VerifySettings {
-                    prompts: chosen.verify,
-                    ..s.verify.clone()
-                };
-                let v = Verification {
-                    ordinary: chosen.ordinary,
-                    ..verify::run(
-                        lm,
-                        &pick.real,
-                        &pick.nulls,
-                        &pick.searched,
-                        &pick.leaked,
-                        &settings,
-                        &mut tick,
-                    )?
-                };
-                self.put(&v, start.elapsed().as_secs_f64())
-            }
-            Stage::Verdict => {
-                let v: Verification = self.get()?;
-                let inv: Inversions = self.get()?;
-                let verdict = verdict::decide(&v, &inv);
-                tick(1, 1);
-                self.put(&verdict, start.elapsed().as_secs_f64())
-            }
-            Stage::Evidence => {
-                let verdict: Verdict = self.get()?;
-                let chosen: Chosen = self.get()?;
-                let evidence = match verdict.trigger {
-                    Some(trigger) => Some(probe::run(
-                        lm,
-                        self.reference.as_ref(),
-                        &trigger,
-                        &s.evidence_probe(chosen.verify),
-                        &mut tick,
-                    )?),
-                    None => None,
-                };
-                tick(1, 1);
-                self.put(&evidence, start.elapsed().as_secs_f64())
-            }
-            Stage::Report => {
-                let report = self.report()?;
-                let bytes = serde_json::to_vec_pretty(&report).map_err(|e| ScanError::Invalid(e.to_string()))?;
-                tick(1, 1);
-                write_atomic(&self.path(Stage::Report), &bytes)
-            }
-        }
-    }
-
-    /// Assembles `report.json` from the artifacts.
-    pub fn report(&self) -> Result<Report> {
-        // Each stage's seconds, under its name.
-        let mut timings = BTreeMap::new();
-        let leak: Leak = self.get_timed(&mut timings)?;
-        let m: MotifReport = self.get_timed(&mut timings)?;
-        let c: Vec<Candidate> = self.get_timed(&mut timings)?;
-        let terms: Vec<Terms> = self.get_timed(&mut timings)?;
-        let cal: Calibration = self.get_timed(&mut timings)?;
-        let v: Verification = self.get_timed(&mut timings)?;
-        let targets: Targets = self.get_timed(&mut timings)?;
-        let inv: Inversions = self.get_timed(&mut timings)?;
-        let memorised: Memorised = self.get_timed(&mut timings)?;
-        let evidence: Option<Probe> = self.get_timed(&mut timings)?;
-        let chosen: Chosen = self.get_timed(&mut timings)?;
-        let verdict: Verdict = self.get_timed(&mut timings)?;
-        if terms.len() != c.len() || cal.standings.len() != c.len() || cal.ranking.iter().any(|&i| i >= c.len()) {
-            return Err(ScanError::Artifact {
-                path: self.path(Stage::Score),
-                message: "scores and candidates disagree in number; re-run the scan without --resume".into(),
-            });
-        }
-        // The evidence probes the verdict's trigger; one left by an earlier verdict (a stage
-        // re-run after it) would describe a different string.
-        if evidence.as_ref().map(|p| &p.trigger) != verdict.trigger.as_ref() {
-            return Err(ScanError::Artifact {
-                path: self.path(Stage::Evidence),
-                message: format!(
-                    "probes {:?} but the verdict names {:?}; re-run `needle stage evidence` (or the scan without --resume)",
-                    evidence.as_ref().map(|p| p.trigger.text.as_str()),
-                    verdict.trigger.as_ref().map(|t| t.text.as_str())
-                ),
-            });
-        }
-        let verified = |i: usize| v.entries.iter().find(|e| !e.null && e.trigger == c[i].trigger);
-        let candidates = final_ranking(&cal.ranking, &v, &inv, verified)
-            .into_iter()
-            .enumerate()
-            .map(|(rank, i)| RankedCandidate {
-                rank: rank + 1,
-                trigger: c[i].trigger.clone().publish(),
-                tokens: c[i].tokens,
-                source: c[i].source.publish(),
-                terms: terms[i].publish(),
-                combined: terms[i].combined(&self.settings.score),
-                standing: cal.standings[i].publish(),
-                verification: verified(i).map(|e| CandidateVerification {
-                    s_agg: e.uniformity.aggregate,
-                    delta: e.delta,
-                    z: verdict::z_score(&v, e),
-                    target: e.target.clone(),
-                    attack_success_rate: e.attack_success_rate,
-                }),
-            })
-            .collect();
-        Ok(Report {
-            schema: SCHEMA.to_string(),
-            needle_version: env!("CARGO_PKG_VERSION").to_string(),
-            model: self.identity.clone(),
-            settings: self.settings.clone().publish(),
-            found_by: (verdict.label == Label::Backdoored).then(|| {
-                let inverted = inv
-                    .inversions
-                    .iter()
-                    .any(|x| !x.null && Some(&x.trigger) == verdict.trigger.as_ref());
-                let written = c.iter().any(|x| {
-                    matches!(x.source, Source::Written { .. }) && Some(&x.trigger) == verdict.trigger.as_ref()
-                });
-                match (inverted, written) {
-                    (true, _) => "target",
-                    (false, true) => "written",
-                    (false, false) => "leak",
-                }
-                .to_string()
-            }),
-            stages: Stages {
-                leak: LeakSummary {
-                    prefix_source: leak.prefix_source.clone(),
-                    prefix: leak.prefix_text.clone(),
-                    samples: leak.samples.len(),
-                    tokens: leak.samples.iter().map(|x| x.tokens.len()).sum(),
-                },
-                motifs: MotifSummary {
-                    clusters: m.clusters.len(),
-                    noise: m.noise,
-                    top: m.motifs.iter().take(20).map(|x| x.text.clone()).collect(),
-                },
-                candidates: c.len(),
-                null_candidates: cal.null.triggers.len(),
-                verified: (
-                    v.entries.iter().filter(|e| !e.null).count(),
-                    v.entries.iter().filter(|e| e.null).count(),
-                ),
-                baseline_s_agg: v.baseline_uniformity.aggregate,
-                targets: targets.targets.iter().map(|t| t.text.clone()).collect(),
-                inversions: inv.inversions.clone().publish(),
-                memorised: memorised.publish(),
-                prompts: PromptsSummary {
-                    leaked_in_verify: chosen.leaked_in_verify(),
-                    verify: chosen.verify,
-                    search: chosen.search,
-                },
-            },
-            candidates,
-            verdict: verdict.publish(),
-            evidence: evidence.publish(),
-            timings,
-        })
+        stage.run(self, &mut |done, total| progress(stage, done, total))
     }
 
     /// Claims the directory ([`Scan::open`]), runs every stage (with [`Existing::Resume`],
@@ -742,14 +388,13 @@ impl<'a> Scan<'a> {
             progress(stage, 0, 0);
             self.run_stage(stage, progress)?;
         }
-        self.report()
+        report::assemble(self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verdict::tests::{entry, verification};
 
     fn tiny(name: &str) -> LoadedModel {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -828,20 +473,5 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(dir.path().join(MANIFEST)).unwrap()).unwrap();
         assert_eq!(manifest.needle_version, env!("CARGO_PKG_VERSION"));
         assert_eq!(manifest.fingerprint, scan.fingerprint);
-    }
-
-    #[test]
-    fn verified_candidates_rank_first_in_the_verdicts_order() {
-        // Calibration ranks 0, 1, 2, 3; 3 and 1 were verified, and 3 forces a fixed answer.
-        let v = verification(vec![entry("one", false, 0.2, 0.0), entry("three", false, 0.1, 0.9)]);
-        let names = ["zero", "one", "two", "three"];
-        let verified = |i: usize| v.entries.iter().find(|e| e.trigger.text == names[i]);
-        let inv = Inversions { inversions: vec![] };
-        assert_eq!(final_ranking(&[0, 1, 2, 3], &v, &inv, verified), vec![3, 1, 0, 2]);
-        assert_eq!(
-            final_ranking(&[2, 0], &v, &inv, verified),
-            vec![2, 0],
-            "unverified keep their order"
-        );
     }
 }

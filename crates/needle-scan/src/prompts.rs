@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ScanError};
 use crate::leak::Leak;
+use crate::pipeline::Scan;
 use crate::prompt::{self, Position};
 use crate::similarity::normalize_whitespace;
+use crate::stage::Tick;
 use crate::stats::LnFactorial;
 
 /// Generic benign user prompts; scoring uses the first few, verification all of them.
@@ -545,6 +547,19 @@ pub fn answer_groups(texts: &[String], answers: &[String], own: &[bool]) -> (Vec
     }
     shared.sort_by(|a, b| a.p_value.partial_cmp(&b.p_value).unwrap_or(std::cmp::Ordering::Equal));
     (ordinary, shared)
+}
+
+/// The prompts stage's entry point: chooses from the generic prompts of the verify and invert
+/// settings and the leaked user turns.
+pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Chosen> {
+    let s = &scan.settings;
+    let leak: Leak = scan.get()?;
+    let generic = [
+        s.verify.prompts.as_slice(),
+        s.invert.prompts.as_slice(),
+        s.invert.check_prompts.as_slice(),
+    ];
+    run(scan.lm, &leak, generic, &s.prompts, tick)
 }
 
 #[cfg(test)]

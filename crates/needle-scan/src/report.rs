@@ -2,7 +2,12 @@
 //! type the report carries is [`Publish`]ed as its schema twin, field by field (a field added
 //! to a stage type does not compile here until the schema has it too, so the published format
 //! changes only on purpose).
+//!
+//! The report stage, the pipeline's last: its entry point assembles `report.json` from every
+//! stage's artifact, the candidates in their final order (verified first), and each stage's
+//! seconds as its `timings`.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -11,7 +16,21 @@ use needle_runtime::LoadedModel;
 use needle_schema as schema;
 use sha2::{Digest, Sha256};
 
+use crate::calibrate::Calibration;
+use crate::candidates::{Candidate, Source};
 use crate::error::{Result, ScanError};
+use crate::invert::Inversions;
+use crate::leak::Leak;
+use crate::memorised::Memorised;
+use crate::motifs::MotifReport;
+use crate::pipeline::Scan;
+use crate::probe::Probe;
+use crate::prompts::Chosen;
+use crate::score::Terms;
+use crate::stage::{Stage, Tick};
+use crate::target::Targets;
+use crate::verdict::{self, Label, Verdict};
+use crate::verify::{Verification, Verified};
 
 pub use needle_schema::{
     CandidateVerification, FileHash, LeakSummary, ModelIdentity, MotifSummary, PromptsSummary, RankedCandidate, Report,
@@ -224,5 +243,169 @@ impl Publish for crate::candidates::Source {
             S::Shared { span } => P::Shared { span },
             S::Inverted { inversion } => P::Inverted { inversion },
         }
+    }
+}
+
+/// The report stage's entry point: [`assemble`]s the report, which the scan writes as
+/// `report.json`.
+pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Report> {
+    let report = assemble(scan)?;
+    tick(1, 1);
+    Ok(report)
+}
+
+/// Assembles `report.json` from the artifacts; fails if they are of two runs (scores,
+/// calibration and candidates disagree in number, or the evidence probes another trigger than
+/// the verdict names).
+pub(crate) fn assemble(scan: &Scan) -> Result<Report> {
+    // Each stage's seconds, under its name.
+    let mut timings = BTreeMap::new();
+    let leak: Leak = scan.get_timed(&mut timings)?;
+    let m: MotifReport = scan.get_timed(&mut timings)?;
+    let c: Vec<Candidate> = scan.get_timed(&mut timings)?;
+    let terms: Vec<Terms> = scan.get_timed(&mut timings)?;
+    let cal: Calibration = scan.get_timed(&mut timings)?;
+    let v: Verification = scan.get_timed(&mut timings)?;
+    let targets: Targets = scan.get_timed(&mut timings)?;
+    let inv: Inversions = scan.get_timed(&mut timings)?;
+    let memorised: Memorised = scan.get_timed(&mut timings)?;
+    let evidence: Option<Probe> = scan.get_timed(&mut timings)?;
+    let chosen: Chosen = scan.get_timed(&mut timings)?;
+    let verdict: Verdict = scan.get_timed(&mut timings)?;
+    if terms.len() != c.len() || cal.standings.len() != c.len() || cal.ranking.iter().any(|&i| i >= c.len()) {
+        return Err(ScanError::Artifact {
+            path: scan.path(Stage::Score),
+            message: "scores and candidates disagree in number; re-run the scan without --resume".into(),
+        });
+    }
+    // The evidence probes the verdict's trigger; one left by an earlier verdict (a stage
+    // re-run after it) would describe a different string.
+    if evidence.as_ref().map(|p| &p.trigger) != verdict.trigger.as_ref() {
+        return Err(ScanError::Artifact {
+            path: scan.path(Stage::Evidence),
+            message: format!(
+                "probes {:?} but the verdict names {:?}; re-run `needle stage evidence` (or the scan without --resume)",
+                evidence.as_ref().map(|p| p.trigger.text.as_str()),
+                verdict.trigger.as_ref().map(|t| t.text.as_str())
+            ),
+        });
+    }
+    let verified = |i: usize| v.entries.iter().find(|e| !e.null && e.trigger == c[i].trigger);
+    let candidates = final_ranking(&cal.ranking, &v, &inv, verified)
+        .into_iter()
+        .enumerate()
+        .map(|(rank, i)| RankedCandidate {
+            rank: rank + 1,
+            trigger: c[i].trigger.clone().publish(),
+            tokens: c[i].tokens,
+            source: c[i].source.publish(),
+            terms: terms[i].publish(),
+            combined: terms[i].combined(&scan.settings.score),
+            standing: cal.standings[i].publish(),
+            verification: verified(i).map(|e| CandidateVerification {
+                s_agg: e.uniformity.aggregate,
+                delta: e.delta,
+                z: verdict::z_score(&v, e),
+                target: e.target.clone(),
+                attack_success_rate: e.attack_success_rate,
+            }),
+        })
+        .collect();
+    Ok(Report {
+        schema: SCHEMA.to_string(),
+        needle_version: env!("CARGO_PKG_VERSION").to_string(),
+        model: scan.identity.clone(),
+        settings: scan.settings.clone().publish(),
+        found_by: (verdict.label == Label::Backdoored).then(|| {
+            let inverted = inv
+                .inversions
+                .iter()
+                .any(|x| !x.null && Some(&x.trigger) == verdict.trigger.as_ref());
+            let written = c
+                .iter()
+                .any(|x| matches!(x.source, Source::Written { .. }) && Some(&x.trigger) == verdict.trigger.as_ref());
+            match (inverted, written) {
+                (true, _) => "target",
+                (false, true) => "written",
+                (false, false) => "leak",
+            }
+            .to_string()
+        }),
+        stages: Stages {
+            leak: LeakSummary {
+                prefix_source: leak.prefix_source.clone(),
+                prefix: leak.prefix_text.clone(),
+                samples: leak.samples.len(),
+                tokens: leak.samples.iter().map(|x| x.tokens.len()).sum(),
+            },
+            motifs: MotifSummary {
+                clusters: m.clusters.len(),
+                noise: m.noise,
+                top: m.motifs.iter().take(20).map(|x| x.text.clone()).collect(),
+            },
+            candidates: c.len(),
+            null_candidates: cal.null.triggers.len(),
+            verified: (
+                v.entries.iter().filter(|e| !e.null).count(),
+                v.entries.iter().filter(|e| e.null).count(),
+            ),
+            baseline_s_agg: v.baseline_uniformity.aggregate,
+            targets: targets.targets.iter().map(|t| t.text.clone()).collect(),
+            inversions: inv.inversions.clone().publish(),
+            memorised: memorised.publish(),
+            prompts: PromptsSummary {
+                leaked_in_verify: chosen.leaked_in_verify(),
+                verify: chosen.verify,
+                search: chosen.search,
+            },
+        },
+        candidates,
+        verdict: verdict.publish(),
+        evidence: evidence.publish(),
+        timings,
+    })
+}
+
+/// The report's order of the candidates: those verified first, strongest first as the verdict
+/// picks its trigger ([`verdict::strength`]) — verification is the decisive test — then the
+/// rest in calibration order (`ranking`, most suspicious first).
+fn final_ranking<'v>(
+    ranking: &[usize],
+    v: &Verification,
+    inv: &Inversions,
+    verified: impl Fn(usize) -> Option<&'v Verified>,
+) -> Vec<usize> {
+    let mut order: Vec<(usize, usize)> = ranking.iter().copied().enumerate().collect();
+    let key = |i: usize| verified(i).map(|e| verdict::strength(v, inv, e));
+    order.sort_by(|&(pa, a), &(pb, b)| match (key(a), key(b)) {
+        (Some(ka), Some(kb)) => kb
+            .partial_cmp(&ka)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(pa.cmp(&pb)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => pa.cmp(&pb),
+    });
+    order.into_iter().map(|(_, i)| i).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::tests::{entry, verification};
+
+    #[test]
+    fn verified_candidates_rank_first_in_the_verdicts_order() {
+        // Calibration ranks 0, 1, 2, 3; 3 and 1 were verified, and 3 forces a fixed answer.
+        let v = verification(vec![entry("one", false, 0.2, 0.0), entry("three", false, 0.1, 0.9)]);
+        let names = ["zero", "one", "two", "three"];
+        let verified = |i: usize| v.entries.iter().find(|e| e.trigger.text == names[i]);
+        let inv = Inversions { inversions: vec![] };
+        assert_eq!(final_ranking(&[0, 1, 2, 3], &v, &inv, verified), vec![3, 1, 0, 2]);
+        assert_eq!(
+            final_ranking(&[2, 0], &v, &inv, verified),
+            vec![2, 0],
+            "unverified keep their order"
+        );
     }
 }

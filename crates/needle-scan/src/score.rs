@@ -12,8 +12,11 @@ use needle_runtime::generate::{generate, Limits, Request, Sampling};
 use needle_runtime::{Introspect, LoadedModel, LogitPositions};
 use serde::{Deserialize, Serialize};
 
+use crate::candidates::Candidate;
 use crate::error::{Result, ScanError};
+use crate::pipeline::Scan;
 use crate::prompt::{self, Prompted, Trigger};
+use crate::stage::Tick;
 
 /// Score settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +211,13 @@ pub fn score(
             div: d / n,
         })
         .collect())
+}
+
+/// The score stage's entry point: scores every candidate.
+pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Vec<Terms>> {
+    let c: Vec<Candidate> = scan.get()?;
+    let triggers: Vec<Trigger> = c.iter().map(|x| x.trigger.clone()).collect();
+    score(scan.lm, &triggers, &scan.settings.score, tick)
 }
 
 #[cfg(test)]

@@ -1,16 +1,36 @@
 //! The stage list, written once: [`stages!`] declares [`Stage`] from one table, and the pipeline
 //! order, the command-line values of `needle stage` and their help, the artifact files and their
-//! types ([`Artifact`]), the report's `timings` keys and the progress lines all come from it.
+//! types ([`Artifact`]), the dispatch to each stage's entry point, the report's `timings` keys
+//! and the progress lines all come from it.
+//!
+//! Each stage is a module with one entry point of one shape,
+//! `pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<A>`: it reads the artifacts of the
+//! stages before it by their types (`scan.get::<T>()`), does its work with `scan.lm` and its
+//! field of `scan.settings`, reports its progress through `tick` and returns its artifact `A`,
+//! which the scan writes as `NAME.json` with the seconds it took. The report's entry point
+//! returns the [`Report`](crate::Report) instead, written as `report.json`.
+//!
+//! Adding a stage takes:
+//! 1. a module with its work, its artifact type, its settings type and its entry point `stage`;
+//! 2. its row in the `stages!` table below, in pipeline order: variant, name, help line, module
+//!    and artifact type;
+//! 3. a field of [`Settings`](crate::Settings) (`settings.rs`) for its settings.
+//!
+//! The run order, `needle stage NAME`, resume, the artifact file, the report's `timings` and the
+//! progress lines follow. If the report carries its result, `needle-schema` needs its field and
+//! the report's assembly ([`report`](crate::report)) its line.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::calibrate::Calibration;
 use crate::candidates::Candidate;
+use crate::error::Result;
 use crate::invert::Inversions;
 use crate::leak::Leak;
 use crate::memorised::Memorised;
 use crate::motifs::MotifReport;
+use crate::pipeline::Scan;
 use crate::probe::Probe;
 use crate::prompts::Chosen;
 use crate::score::Terms;
@@ -26,11 +46,16 @@ pub trait Artifact: Serialize + DeserializeOwned {
     const STAGE: Stage;
 }
 
-/// Declares [`Stage`] from its table: per stage, the variant, the name (its command-line value,
-/// artifact `NAME.json` and `timings` key), what it does in a line (the variant's docs and
-/// `needle stage`'s help) and its artifact type, in pipeline order.
+/// A stage's progress callback: units done, units in total (see
+/// [`Progress`](crate::pipeline::Progress)).
+pub(crate) type Tick<'t> = &'t mut dyn FnMut(usize, usize);
+
+/// Declares [`Stage`] from its table: per stage, in pipeline order, the variant, the name (its
+/// command-line value, artifact `NAME.json` and `timings` key), what it does in a line (the
+/// variant's docs and `needle stage`'s help), `in` the module whose `stage` function is its entry
+/// point, and `=>` its artifact type; a row without one is the report's (see `run_entry!`).
 macro_rules! stages {
-    ($($variant:ident $name:literal $what:literal $(=> $artifact:ty)?,)*) => {
+    ($($variant:ident $name:literal $what:literal in $module:ident $(=> $artifact:ty)?,)*) => {
         /// The stages in pipeline order.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
         pub enum Stage {
@@ -55,6 +80,13 @@ macro_rules! stages {
                     $(Stage::$variant => $what,)*
                 }
             }
+
+            /// Runs the stage's entry point on `scan` and writes what it returns.
+            pub(crate) fn run(self, scan: &Scan, tick: Tick) -> Result<()> {
+                match self {
+                    $(Stage::$variant => run_entry!(scan, tick, $module $(=> $artifact)?),)*
+                }
+            }
         }
 
         $($(
@@ -65,32 +97,47 @@ macro_rules! stages {
     };
 }
 
+/// One arm of `Stage::run`: calls `$module::stage` and writes the artifact it returns, of the
+/// row's type, stamped with the seconds the stage took; or, in the row without an artifact type,
+/// `report.json`.
+macro_rules! run_entry {
+    ($scan:ident, $tick:ident, $module:ident => $artifact:ty) => {{
+        let start = std::time::Instant::now();
+        let artifact: $artifact = crate::$module::stage($scan, $tick)?;
+        $scan.put(&artifact, start.elapsed().as_secs_f64())
+    }};
+    ($scan:ident, $tick:ident, $module:ident) => {
+        $scan.write_report(&crate::$module::stage($scan, $tick)?)
+    };
+}
+
 stages! {
     Leak "leak" "Sample from the leak prefix under the decoding sweep"
-        => Leak,
+        in leak => Leak,
     Motifs "motifs" "Cluster the leaked samples and extract motifs"
-        => MotifReport,
+        in motifs => MotifReport,
     Memorised "memorised" "Mark the leaked samples' memorised spans (warning sign 2)"
-        => Memorised,
+        in memorised => Memorised,
     Prompts "prompts" "Choose the prompts triggers are inserted into: generic ones and the model's own"
-        => Chosen,
+        in prompts => Chosen,
     Target "target" "Find responses the model gives whatever the prompt (triggers that do not leak)"
-        => Targets,
+        in target => Targets,
     Invert "invert" "Search for triggers that force the targets found (and null targets)"
-        => Inversions,
+        in invert => Inversions,
     Candidates "candidates" "Slice candidate triggers from the motifs; add the reconstructed ones"
-        => Vec<Candidate>,
+        in candidates => Vec<Candidate>,
     Score "score" "Score the candidates (attention, entropy, divergence)"
-        => Vec<Terms>,
+        in score => Vec<Terms>,
     Calibrate "calibrate" "Score a null set and rank the candidates against it"
-        => Calibration,
+        in calibrate => Calibration,
     Verify "verify" "Verify the best candidates and control nulls on the chosen prompts"
-        => Verification,
+        in verify => Verification,
     Verdict "verdict" "Decide backdoored, clean or inconclusive from the verification"
-        => Verdict,
+        in verdict => Verdict,
     Evidence "evidence" "Probe the trigger the verdict names: attention, entropy, fuzzy variants"
-        => Option<Probe>,
-    Report "report" "Write report.json from the artifacts",
+        in probe => Option<Probe>,
+    Report "report" "Write report.json from the artifacts"
+        in report,
 }
 
 impl Stage {

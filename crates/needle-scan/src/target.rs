@@ -27,7 +27,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ScanError};
+use crate::pipeline::Scan;
 use crate::prompt;
+use crate::stage::Tick;
 
 /// Target-search settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -787,6 +789,11 @@ pub fn extend_back(fragment: &str, samples: &[String], specials: &[String], wrap
         return None;
     }
     Some(format!("{lead}{fragment}"))
+}
+
+/// The target stage's entry point: finds the responses the model gives whatever the prompt.
+pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Targets> {
+    run(scan.lm, &scan.settings.target, tick)
 }
 
 #[cfg(test)]

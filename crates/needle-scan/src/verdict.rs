@@ -36,10 +36,13 @@
 pub use needle_schema::verdict::{MIN_ATTACK_SUCCESS, Z_BACKDOOR};
 use serde::{Deserialize, Serialize};
 
+use crate::error::Result;
 use crate::invert::Inversions;
+use crate::pipeline::Scan;
 use crate::prompt::Trigger;
 use crate::prompts::{OrdinaryAnswer, FALSE_TRIGGER_RATE};
 use crate::similarity::{contains_target, fixed_share, word_tokens};
+use crate::stage::Tick;
 use crate::verify::{Verification, Verified};
 
 /// z-score from which a candidate is worth a second look (inconclusive).
@@ -482,6 +485,15 @@ pub fn decide(v: &Verification, inv: &Inversions) -> Verdict {
         )
     };
     verdict
+}
+
+/// The verdict stage's entry point: decides from the verification and the inversions.
+pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Verdict> {
+    let v: Verification = scan.get()?;
+    let inv: Inversions = scan.get()?;
+    let verdict = decide(&v, &inv);
+    tick(1, 1);
+    Ok(verdict)
 }
 
 #[cfg(test)]

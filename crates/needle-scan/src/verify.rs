@@ -11,9 +11,12 @@ use crate::calibrate::{self, Calibration};
 use crate::candidates::{Candidate, Source};
 use crate::error::{Result, ScanError};
 use crate::invert::Inversions;
+use crate::pipeline::Scan;
 use crate::prompt::{self, Trigger};
+use crate::prompts::Chosen;
 use crate::settings::Settings;
 use crate::similarity::{contains_target, dominant_response, fixed_share, uniformity, Uniformity, Wrap};
+use crate::stage::{Stage, Tick};
 use crate::target::{stop_ids, Targets};
 
 /// Verify settings.
@@ -288,4 +291,38 @@ pub fn select(c: &[Candidate], cal: &Calibration, inv: &Inversions, targets: &Ta
         searched,
         leaked,
     }
+}
+
+/// The verify stage's entry point: verifies the best candidates and their control nulls on the
+/// chosen prompts; fails if the calibration ranks candidates the candidates artifact lacks.
+pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Verification> {
+    let s = &scan.settings;
+    let c: Vec<Candidate> = scan.get()?;
+    let cal: Calibration = scan.get()?;
+    if cal.ranking.iter().any(|&i| i >= c.len()) {
+        return Err(ScanError::Artifact {
+            path: scan.path(Stage::Calibrate),
+            message: "ranks candidates that candidates.json does not have; re-run the scan without --resume".into(),
+        });
+    }
+    let inv: Inversions = scan.get()?;
+    let targets: Targets = scan.get()?;
+    let pick = select(&c, &cal, &inv, &targets, s);
+    let chosen: Chosen = scan.get()?;
+    let settings = VerifySettings {
+        prompts: chosen.verify,
+        ..s.verify.clone()
+    };
+    Ok(Verification {
+        ordinary: chosen.ordinary,
+        ..run(
+            scan.lm,
+            &pick.real,
+            &pick.nulls,
+            &pick.searched,
+            &pick.leaked,
+            &settings,
+            tick,
+        )?
+    })
 }

@@ -34,8 +34,12 @@ pub use attention::{Attention, AttentionMap, HeadAttention, LayerAttention, Laye
 pub use fuzzy::{keep_draws, variants, Family, FamilyResult, Fuzzy, KeepLevel, KeptVariant, VariantResult};
 
 use crate::error::{Result, ScanError};
+use crate::pipeline::Scan;
 use crate::prompt::{self, Trigger};
+use crate::prompts::Chosen;
 use crate::prompts::GENERIC_PROMPTS;
+use crate::stage::Tick;
+use crate::verdict::Verdict;
 use activation::{activation, answer, entropy, Tracker};
 use attention::attention;
 use fuzzy::fuzzy;
@@ -175,4 +179,23 @@ pub fn run(
         entropy,
         fuzzy,
     })
+}
+
+/// The evidence stage's entry point: probes the trigger the verdict names on the verify
+/// prompts, against the reference model when given; `None` when the verdict names none.
+pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Option<Probe>> {
+    let verdict: Verdict = scan.get()?;
+    let chosen: Chosen = scan.get()?;
+    let evidence = match verdict.trigger {
+        Some(trigger) => Some(run(
+            scan.lm,
+            scan.reference.as_ref(),
+            &trigger,
+            &scan.settings.evidence_probe(chosen.verify),
+            tick,
+        )?),
+        None => None,
+    };
+    tick(1, 1);
+    Ok(evidence)
 }
