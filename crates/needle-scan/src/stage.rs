@@ -164,4 +164,26 @@ mod tests {
         }
         assert_eq!(Stage::named("nonesuch"), None);
     }
+
+    #[test]
+    fn the_report_docs_list_the_timed_stages_in_order() {
+        // docs/report.md names the `timings` keys; they are the stages with an artifact.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/report.md");
+        let docs = std::fs::read_to_string(path).expect("docs/report.md");
+        let row = docs
+            .lines()
+            .find(|l| l.starts_with("| `timings` |"))
+            .expect("the timings row of docs/report.md");
+        let list = row
+            .split_once('(')
+            .and_then(|(_, rest)| rest.split_once(':'))
+            .map_or("", |(list, _)| list);
+        let listed: Vec<&str> = list.split('`').skip(1).step_by(2).collect();
+        let timed: Vec<&str> = Stage::ALL
+            .iter()
+            .filter(|&&s| s != Stage::Report)
+            .map(|s| s.name())
+            .collect();
+        assert_eq!(listed, timed, "{row}");
+    }
 }
