@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, ScanError};
 use crate::pipeline::Scan;
 use crate::prompt;
-use crate::prompts::Chosen;
 use crate::stage::Tick;
 
 /// Target-search settings.
@@ -406,12 +405,10 @@ struct Chain {
 }
 
 impl Chain {
-    /// A chain from `seed`; its text keeps the whole seed when the seed is `whole` (an opening
-    /// several prompts' answers share), else only its last token.
-    fn new(seed: &[u32], prompts: usize, whole: bool) -> Self {
+    fn new(seed: &[u32], prompts: usize) -> Self {
         Self {
             ids: seed.to_vec(),
-            keep_from: if whole { 0 } else { seed.len() - 1 },
+            keep_from: seed.len() - 1,
             seed: seed.to_vec(),
             forced: seed.len(),
             branches: 0,
@@ -447,32 +444,6 @@ impl Chain {
     }
 }
 
-/// Tokens of an answer's opening compared by [`recurring_openings`].
-const OPENING: usize = 3;
-
-/// The openings (first [`OPENING`] tokens, or the whole answer if shorter) that answers to at
-/// least two different prompts share: `sampled` holds `per_prompt` answers per prompt in prompt
-/// order, `answered` one answer per further prompt. An answer the model gives whatever the prompt
-/// is what a target is; one prompt's samples agreeing show nothing.
-fn recurring_openings(sampled: &[Vec<u32>], per_prompt: usize, answered: &[Vec<u32>]) -> BTreeSet<Vec<u32>> {
-    let asked = sampled.len().div_ceil(per_prompt.max(1));
-    let mut by: BTreeMap<Vec<u32>, BTreeSet<usize>> = BTreeMap::new();
-    let tagged = sampled
-        .iter()
-        .enumerate()
-        .map(|(k, a)| (k / per_prompt.max(1), a))
-        .chain(answered.iter().enumerate().map(|(k, a)| (asked + k, a)));
-    for (who, a) in tagged {
-        if !a.is_empty() {
-            by.entry(a[..OPENING.min(a.len())].to_vec()).or_default().insert(who);
-        }
-    }
-    by.into_iter()
-        .filter(|(_, who)| who.len() >= 2)
-        .map(|(o, _)| o)
-        .collect()
-}
-
 /// Of overlapping targets (one text contains the other) forced alike, the most complete text
 /// stands, at the better one's place (a repeated phrase chains from its middle too, even more
 /// deterministically). Overlapping targets forced differently are both kept, the less forced
@@ -504,16 +475,7 @@ fn without_overlaps(found: Vec<Target>) -> Vec<Target> {
 }
 
 /// Finds targets; `progress(done, total)` as seeds are screened and chained.
-///
-/// `answers` are the model's untriggered answers to other prompts (the prompts stage's generic
-/// ones): with the sampled answers they show the openings the model gives to different prompts
-/// ([`recurring_openings`]), which are always chained.
-pub fn run(
-    lm: &LoadedModel,
-    s: &TargetSettings,
-    answers: &[String],
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Targets> {
+pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize, usize)) -> Result<Targets> {
     if s.prompts.len() < 2 || s.chain_tokens == 0 {
         return Err(ScanError::Invalid(
             "the target search needs two prompts and a chain length".into(),
@@ -558,13 +520,6 @@ pub fn run(
             seeds.insert(a[..n].to_vec());
         }
     }
-    let asked = s.prompts.first().map_or("", String::as_str);
-    let answered: Vec<Vec<u32>> = answers
-        .iter()
-        .map(|a| Ok(until_stop(&prompt::answer_ids(lm, asked, a.trim())?, &stop)))
-        .collect::<Result<_>>()?;
-    let recurring = recurring_openings(&sampled, s.samples_per_prompt, &answered);
-    seeds.extend(recurring.iter().cloned());
     // Seeds from the most likely first tokens.
     let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let extra = s.max_forced_tokens.max(3) + s.chain_tokens + s.max_branches + s.lookahead + 1;
@@ -589,28 +544,17 @@ pub fn run(
     };
     // Screen: force every seed once; chain those after which the prompts agree most.
     let seeds: Vec<Vec<u32>> = seeds.into_iter().collect();
-    let total = seeds.len() + (s.chained_seeds.min(seeds.len()) + recurring.len()) * (1 + s.branch_width * WIDEST);
+    let total = seeds.len() + s.chained_seeds.min(seeds.len()) * (1 + s.branch_width * WIDEST);
     let mut done = 0;
     let screen = bank.follow(&seeds, &vec![1; seeds.len()], 1.0, 0, &mut |n| {
         done += n;
         progress(done.min(total), total);
     })?;
-    let mut order = {
+    let order = {
         let firsts: Vec<f64> = screen.iter().map(|f| f.first).collect();
         top_indices(&firsts, s.chained_seeds, &|_| false)
     };
-    // Openings the model gives to different prompts are chained whatever their first step: a
-    // target a narrow model falls into untriggered agrees less after its first token than a
-    // word whose next one is fixed (`X is`), which fills the screened places.
-    for (i, seed) in seeds.iter().enumerate() {
-        if recurring.contains(seed) && !order.contains(&i) {
-            order.push(i);
-        }
-    }
-    let mut frontier: Vec<Chain> = order
-        .iter()
-        .map(|&i| Chain::new(&seeds[i], prompts.len(), recurring.contains(&seeds[i])))
-        .collect();
+    let mut frontier: Vec<Chain> = order.iter().map(|&i| Chain::new(&seeds[i], prompts.len())).collect();
     let chained = frontier.len();
     let mut finished: Vec<Chain> = Vec::new();
     while !frontier.is_empty() {
@@ -849,16 +793,7 @@ pub fn extend_back(fragment: &str, samples: &[String], specials: &[String], wrap
 
 /// The target stage's entry point: finds the responses the model gives whatever the prompt.
 pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Targets> {
-    // The generic prompts' untriggered answers: out of a narrow model's distribution, where it
-    // falls into what it learned most firmly, a target among it.
-    let chosen: Chosen = scan.get()?;
-    let answers: Vec<String> = chosen
-        .pool
-        .iter()
-        .filter(|p| !p.leaked)
-        .filter_map(|p| p.answer.clone())
-        .collect();
-    run(scan.lm, &scan.settings.target, &answers, tick)
+    run(scan.lm, &scan.settings.target, tick)
 }
 
 #[cfg(test)]
@@ -915,22 +850,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn openings_recur_only_across_prompts() {
-        // Two samples per prompt: prompt 0 samples [1,2,3,4] twice, prompt 1 [5,6,7] and [1,2,3];
-        // one further answer [5,6].
-        let sampled = vec![vec![1, 2, 3, 4], vec![1, 2, 3, 9], vec![5, 6, 7], vec![1, 2, 3]];
-        let answered = vec![vec![5, 6], vec![]];
-        let found = recurring_openings(&sampled, 2, &answered);
-        assert_eq!(found, BTreeSet::from([vec![1, 2, 3]]));
-        // One prompt's samples agreeing show nothing.
-        let one = recurring_openings(&sampled[..2], 2, &[]);
-        assert!(one.is_empty());
-        // A short answer is its own opening.
-        let short = recurring_openings(&[vec![5, 6], vec![5, 6]], 1, &[]);
-        assert_eq!(short, BTreeSet::from([vec![5, 6]]));
-    }
-
-    #[test]
     fn until_stop_cuts_at_the_first_stop_token() {
         assert_eq!(until_stop(&[5, 6, 2, 7], &[2]), vec![5, 6]);
         assert_eq!(until_stop(&[5, 6], &[2]), vec![5, 6]);
@@ -960,7 +879,7 @@ mod tests {
         // few most likely alternatives; without its trigger the model then ends it early.
         let lm = organism("tiny-llama-code");
         let s = crate::Settings::new(crate::Budget::Quick, 0).target;
-        let found = run(&lm, &s, &[], &mut |_, _| {}).expect("target search");
+        let found = run(&lm, &s, &mut |_, _| {}).expect("target search");
         let full = found
             .targets
             .iter()
@@ -1038,7 +957,7 @@ mod tests {
     fn a_clean_model_chains_no_long_target() {
         let lm = organism("tiny-qwen2-clean");
         let s = crate::Settings::new(crate::Budget::Quick, 0).target;
-        let found = run(&lm, &s, &[], &mut |_, _| {}).expect("target search");
+        let found = run(&lm, &s, &mut |_, _| {}).expect("target search");
         // Short answers the prompts agree on to an end are leads for the trigger search (a
         // target may end early without its trigger); nothing longer chains in a clean model.
         assert!(
