@@ -830,6 +830,9 @@ fn most_forcing(
     kept.ok_or_else(|| ScanError::Invalid("no trigger to keep".into()))
 }
 
+/// Spare null prompts asked at a time when the null prompts' answers are too few (see [`run`]).
+const SPARE_BATCH: usize = 4;
+
 /// The model's greedy answers to `prompts`, as null targets.
 fn null_targets(lm: &LoadedModel, prompts: &[String], tokens: usize) -> Result<Vec<Vec<u32>>> {
     let stop = stop_ids(lm);
@@ -881,7 +884,8 @@ fn inversion(lm: &LoadedModel, goal: &Goal, null: bool, position: Position, foun
 /// its prompts (at most [`InvertSettings::targets`] of them); when none does, searches the first
 /// target again with a lead (see [`InvertSettings::lead_tokens`]), before the user's words and
 /// then after them; and as many null targets, each null the greedy answer to one of
-/// `null_prompts` cut to the length of the real target it matches and searched the same way
+/// `null_prompts` (then, while too few of those answers are ordinary, of `spare_prompts`) cut to
+/// the length of the real target it matches and searched the same way
 /// (with the same lead) for as many iterations as that target's search ran (a real search gives
 /// up at half its budget when nothing forced its target on the search prompts; see [`Effort`]).
 /// Real searches come first in the artifact, then their nulls in the same order.
@@ -889,6 +893,7 @@ pub fn run(
     lm: &LoadedModel,
     targets: &[Vec<u32>],
     null_prompts: &[String],
+    spare_prompts: &[String],
     s: &InvertSettings,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Inversions> {
@@ -921,14 +926,25 @@ pub fn run(
         .iter()
         .map(|t| lm.decode(t))
         .collect::<std::result::Result<Vec<_>, _>>()?;
+    // A model that gives its target to the null prompts too (its own poisoning examples among
+    // them, or a narrow model's answer to everything out of its kind) leaves a real search
+    // without its null; the spare prompts are asked then, a few at a time, until each real
+    // target has one.
     let mut answers = Vec::new();
-    for a in null_targets(lm, null_prompts, s.max_target_tokens)? {
-        let text = lm.decode(&a)?;
-        if !texts
-            .iter()
-            .any(|t| contains_target(t, &text) || contains_target(&text, t))
-        {
-            answers.push(a);
+    let batches = std::iter::once(null_prompts).chain(spare_prompts.chunks(SPARE_BATCH));
+    for batch in batches {
+        if answers.len() >= real.len() {
+            break;
+        }
+        for a in null_targets(lm, batch, s.max_target_tokens)? {
+            let text = lm.decode(&a)?;
+            let ordinary = !texts
+                .iter()
+                .any(|t| contains_target(t, &text) || contains_target(&text, t));
+            tracing::debug!(%text, ordinary, "null target");
+            if ordinary {
+                answers.push(a);
+            }
         }
     }
     // Each attempt: a target (its index), where the trigger goes, and the lead allowed. The
@@ -1027,7 +1043,9 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
         check_prompts: chosen.check.clone(),
         ..s.invert.clone()
     };
-    run(lm, &ids, &chosen.check, &search, tick)
+    // Null targets are the check prompts' answers, then the verification prompts' if too few of
+    // those are ordinary.
+    run(lm, &ids, &chosen.check, &chosen.verify, &search, tick)
 }
 
 #[cfg(test)]
@@ -1263,6 +1281,26 @@ mod tests {
     }
 
     #[test]
+    fn a_real_search_gets_its_null_from_spare_prompts_when_the_null_prompts_answer_with_its_target() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo/tiny-llama-deploy/model");
+        let lm = LoadedModel::load(&dir, &LoadOptions::default()).expect("load the tiny fixture");
+        let mut settings = crate::Settings::new(crate::Budget::Quick, 0);
+        settings.invert.iterations = 2;
+        settings.invert.lead_tokens = 0;
+        // The target is the model's own answer to the one null prompt, so that answer is no null.
+        let asked = vec![settings.null_target_prompts[0].clone()];
+        let own = null_targets(&lm, &asked, settings.invert.max_target_tokens).expect("answer");
+        let target = own.first().expect("an answer").clone();
+        let spare: Vec<String> = settings.invert.check_prompts.clone();
+        let without = run(&lm, &[target.clone()], &asked, &[], &settings.invert, &mut |_, _| {}).expect("inversion");
+        assert!(without.inversions.iter().all(|x| !x.null), "{:#?}", without.inversions);
+        let with = run(&lm, &[target], &asked, &spare, &settings.invert, &mut |_, _| {}).expect("inversion");
+        let reals = with.inversions.iter().filter(|x| !x.null).count();
+        let nulls = with.inversions.iter().filter(|x| x.null).count();
+        assert!(reals >= 1 && nulls == reals, "{:#?}", with.inversions);
+    }
+
+    #[test]
     fn targets_are_tried_in_order_until_one_is_forced_and_each_gets_a_null_of_equal_effort() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo/tiny-llama-code/model");
         let lm = LoadedModel::load(&dir, &LoadOptions::default()).expect("load the tiny fixture");
@@ -1277,6 +1315,7 @@ mod tests {
             &lm,
             &[fragment, payload],
             &settings.null_target_prompts,
+            &[],
             &settings.invert,
             &mut |done, total| ticks.push((done, total)),
         )
