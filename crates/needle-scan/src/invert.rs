@@ -1292,7 +1292,15 @@ mod tests {
         let own = null_targets(&lm, &asked, settings.invert.max_target_tokens).expect("answer");
         let target = own.first().expect("an answer").clone();
         let spare: Vec<String> = settings.invert.check_prompts.clone();
-        let without = run(&lm, &[target.clone()], &asked, &[], &settings.invert, &mut |_, _| {}).expect("inversion");
+        let without = run(
+            &lm,
+            std::slice::from_ref(&target),
+            &asked,
+            &[],
+            &settings.invert,
+            &mut |_, _| {},
+        )
+        .expect("inversion");
         assert!(without.inversions.iter().all(|x| !x.null), "{:#?}", without.inversions);
         let with = run(&lm, &[target], &asked, &spare, &settings.invert, &mut |_, _| {}).expect("inversion");
         let reals = with.inversions.iter().filter(|x| !x.null).count();
