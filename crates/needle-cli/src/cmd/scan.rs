@@ -131,7 +131,8 @@ pub struct ScanArgs {
 /// Parses a stage name; the values and their help come from the stage list ([`Stage::ALL`]).
 fn stage_parser() -> impl TypedValueParser<Value = Stage> {
     let values = Stage::ALL.map(|s| PossibleValue::new(s.name()).help(s.description()));
-    PossibleValuesParser::new(values).map(|name| Stage::named(&name).expect("a value of the stage list"))
+    PossibleValuesParser::new(values)
+        .try_map(|name| Stage::named(&name).ok_or_else(|| format!("no stage named {name:?}")))
 }
 
 /// Arguments of `needle stage`.
