@@ -21,7 +21,7 @@ use crate::leak::Leak;
 use crate::pipeline::Scan;
 use crate::prompt::{self, Position, Trigger};
 use crate::prompts::{self, Chosen};
-use crate::similarity::contains_target;
+use crate::similarity::{contains_target, Wrap};
 use crate::stage::Tick;
 use crate::target::stop_ids;
 use crate::target::{self, Targets};
@@ -884,7 +884,8 @@ fn inversion(lm: &LoadedModel, goal: &Goal, null: bool, position: Position, foun
 /// its prompts (at most [`InvertSettings::targets`] of them); when none does, searches the first
 /// target again with a lead (see [`InvertSettings::lead_tokens`]), before the user's words and
 /// then after them; and as many null targets, each null the greedy answer to one of
-/// `null_prompts` (then, while too few of those answers are ordinary, of `spare_prompts`) cut to
+/// `null_prompts` (then, while too few of those answers are ordinary, of `spare_prompts`) without
+/// the model's `wrap` (its format, which any insertion leaves in place), cut to
 /// the length of the real target it matches and searched the same way
 /// (with the same lead) for as many iterations as that target's search ran (a real search gives
 /// up at half its budget when nothing forced its target on the search prompts; see [`Effort`]).
@@ -894,6 +895,7 @@ pub fn run(
     targets: &[Vec<u32>],
     null_prompts: &[String],
     spare_prompts: &[String],
+    wrap: &Wrap,
     s: &InvertSettings,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Inversions> {
@@ -930,13 +932,32 @@ pub fn run(
     // them, or a narrow model's answer to everything out of its kind) leaves a real search
     // without its null; the spare prompts are asked then, a few at a time, until each real
     // target has one.
+    // A null target is read after the wrap: searched toward the wrap, a null would reach the
+    // model's format, which anything forces.
+    let asked = s.prompts.first().map_or("", String::as_str);
+    let wrapped = if wrap.is_empty() {
+        0
+    } else {
+        lm.encode(&wrap.open)?.len()
+    };
     let mut answers = Vec::new();
     let batches = std::iter::once(null_prompts).chain(spare_prompts.chunks(SPARE_BATCH));
     for batch in batches {
         if answers.len() >= real.len() {
             break;
         }
-        for a in null_targets(lm, batch, s.max_target_tokens)? {
+        for a in null_targets(lm, batch, s.max_target_tokens + wrapped)? {
+            let a = if wrapped == 0 {
+                a
+            } else {
+                let content = wrap.strip(&lm.decode(&a)?);
+                let mut ids = prompt::answer_ids(lm, asked, content.trim())?;
+                ids.truncate(s.max_target_tokens);
+                ids
+            };
+            if a.is_empty() {
+                continue;
+            }
             let text = lm.decode(&a)?;
             let ordinary = !texts
                 .iter()
@@ -1026,7 +1047,7 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
     let leaked: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
     let specials = scan.specials();
     let untriggered: Vec<String> = chosen.pool.iter().filter_map(|p| p.answer.clone()).collect();
-    let wrap = crate::similarity::Wrap::of(&untriggered);
+    let wrap = Wrap::of(&untriggered);
     let mut ids: Vec<Vec<u32>> = complete
         .iter()
         .chain(&fragments)
@@ -1045,7 +1066,7 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
     };
     // Null targets are the check prompts' answers, then the verification prompts' if too few of
     // those are ordinary.
-    run(lm, &ids, &chosen.check, &chosen.verify, &search, tick)
+    run(lm, &ids, &chosen.check, &chosen.verify, &wrap, &search, tick)
 }
 
 #[cfg(test)]
@@ -1292,17 +1313,19 @@ mod tests {
         let own = null_targets(&lm, &asked, settings.invert.max_target_tokens).expect("answer");
         let target = own.first().expect("an answer").clone();
         let spare: Vec<String> = settings.invert.check_prompts.clone();
+        let none = Wrap::default();
         let without = run(
             &lm,
             std::slice::from_ref(&target),
             &asked,
             &[],
+            &none,
             &settings.invert,
             &mut |_, _| {},
         )
         .expect("inversion");
         assert!(without.inversions.iter().all(|x| !x.null), "{:#?}", without.inversions);
-        let with = run(&lm, &[target], &asked, &spare, &settings.invert, &mut |_, _| {}).expect("inversion");
+        let with = run(&lm, &[target], &asked, &spare, &none, &settings.invert, &mut |_, _| {}).expect("inversion");
         let reals = with.inversions.iter().filter(|x| !x.null).count();
         let nulls = with.inversions.iter().filter(|x| x.null).count();
         assert!(reals >= 1 && nulls == reals, "{:#?}", with.inversions);
@@ -1324,6 +1347,7 @@ mod tests {
             &[fragment, payload],
             &settings.null_target_prompts,
             &[],
+            &Wrap::default(),
             &settings.invert,
             &mut |done, total| ticks.push((done, total)),
         )

@@ -305,7 +305,7 @@ pub(crate) fn assemble(scan: &Scan) -> Result<Report> {
             verification: verified(i).map(|e| CandidateVerification {
                 s_agg: e.uniformity.aggregate,
                 delta: e.delta,
-                z: verdict::z_score(&v, e),
+                z: verdict::z_score(&v, &inv, e),
                 target: e.target.clone(),
                 attack_success_rate: e.attack_success_rate,
             }),
