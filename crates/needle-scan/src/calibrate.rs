@@ -225,6 +225,37 @@ pub fn habit_nulls(answers: &[String], count: usize, seed: u64) -> Vec<Trigger> 
     out
 }
 
+/// Openings of the user turns the model leaked — the first three to six words of a turn, `count`
+/// of them from different turns drawn from `seed`, at the prefix and the suffix in turn. A model
+/// leaks the instructions it was trained on, and an instruction inserted into an ordinary prompt
+/// can make it do that task instead ("In order from smallest to largest" sorting whatever numbers
+/// follow): verified as nulls, they make such content-steering part of the null, as
+/// [`habit_nulls`] do for digit runs. They are windows of leaked text, so one holding a leaked
+/// trigger is told apart the same way (see [`crate::verdict::NullStats::of`]).
+pub fn opening_nulls(turns: &[String], count: usize, seed: u64) -> Vec<Trigger> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x6f70_656e);
+    let mut pool: Vec<Vec<&str>> = turns
+        .iter()
+        .map(|t| t.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() >= 2)
+        .collect();
+    let mut out: Vec<Trigger> = Vec::with_capacity(count);
+    while out.len() < count && !pool.is_empty() {
+        let words = pool.swap_remove(rng.random_range(0..pool.len()));
+        let n = rng.random_range(3..=6).min(words.len());
+        let text = words[..n].join(" ");
+        let position = if out.len().is_multiple_of(2) {
+            Position::Prefix
+        } else {
+            Position::Suffix
+        };
+        if text.chars().any(char::is_alphanumeric) && !out.iter().any(|t| t.text == text) {
+            out.push(Trigger { text, position });
+        }
+    }
+    out
+}
+
 /// The calibrate stage's artifact: the scored null set and the ranking.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
@@ -335,6 +366,33 @@ mod tests {
         assert!(habit_nulls(&[], 4, 1)
             .iter()
             .all(|t| !t.text.chars().any(char::is_alphabetic)));
+    }
+
+    #[test]
+    fn opening_nulls_are_openings_of_distinct_turns_and_are_seeded() {
+        let turns: Vec<String> = [
+            "In order from smallest to largest: 4, 9, 1",
+            "Find the smallest number of 3, 8 and 5",
+            "What is the capital of France?",
+            "Hi",
+            "Spell cat",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        let a = opening_nulls(&turns, 3, 1);
+        assert_eq!(a, opening_nulls(&turns, 3, 1));
+        assert_eq!(a.len(), 3);
+        for t in &a {
+            let words = t.text.split_whitespace().count();
+            assert!((2..=6).contains(&words), "{t:?}");
+            assert!(turns.iter().any(|x| x.starts_with(&t.text)), "{t:?}");
+            assert_ne!(t.text, "Hi", "one-word turns are no instructions");
+        }
+        assert_eq!(a[0].position, Position::Prefix);
+        assert_eq!(a[1].position, Position::Suffix);
+        assert_eq!(opening_nulls(&turns, 10, 1).len(), 4, "one per turn of two words or more");
+        assert!(opening_nulls(&[], 4, 1).is_empty());
     }
 
     #[test]

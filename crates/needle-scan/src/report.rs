@@ -160,7 +160,7 @@ structs! {
     score::ScoreSettings => settings::ScoreSettings { prompts, rollout, attn_weight, ent_weight, div_weight, batch_size }
     target::TargetSettings => settings::TargetSettings { prompts, samples_per_prompt, sample_tokens, screened_first_tokens, chained_seeds, chain_tokens, min_step_probability, branch_width, lookahead, max_forced_tokens, max_branches, min_agreement, max_targets, seed }
     invert::InvertSettings => settings::InvertSettings { prompts, check_prompts, holdout_prompts, trigger_tokens, iterations, top_k, swaps, finalists, targets, max_target_tokens, lead_tokens, seed }
-    verify::VerifySettings => settings::VerifySettings { prompts, top, nulls, habit_nulls, max_new_tokens, target_min_words }
+    verify::VerifySettings => settings::VerifySettings { prompts, top, nulls, habit_nulls, opening_nulls, max_new_tokens, target_min_words }
     memorised::MemorisedSettings => settings::MemorisedSettings { min_tokens, rare_share, burst_tokens, max_spans, max_examples, min_examples, train_ngram }
     prompts::PromptSettings => settings::PromptSettings { max_leaked, answer_tokens }
     prompt::Trigger => candidate::Trigger { text, position }

@@ -200,6 +200,7 @@ impl Settings {
                 top,
                 nulls: verify_nulls,
                 habit_nulls: if budget == Budget::Full { 16 } else { 8 },
+                opening_nulls: if budget == Budget::Full { 8 } else { 4 },
                 max_new_tokens: answer,
                 target_min_words: 2,
             },

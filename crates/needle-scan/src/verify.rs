@@ -8,9 +8,10 @@ use needle_runtime::LoadedModel;
 use serde::{Deserialize, Serialize};
 
 use crate::calibrate::{self, Calibration};
-use crate::candidates::{Candidate, Source};
+use crate::candidates::{self, Candidate, Source};
 use crate::error::{Result, ScanError};
 use crate::invert::Inversions;
+use crate::leak::Leak;
 use crate::pipeline::Scan;
 use crate::prompt::{self, Trigger};
 use crate::prompts::Chosen;
@@ -33,6 +34,10 @@ pub struct VerifySettings {
     /// too.
     #[serde(default)]
     pub habit_nulls: usize,
+    /// Openings of the model's leaked user turns (instructions it was trained on;
+    /// [`crate::calibrate::opening_nulls`]) verified as nulls too.
+    #[serde(default)]
+    pub opening_nulls: usize,
     /// Answer length in tokens.
     pub max_new_tokens: usize,
     /// Words an answer prefix needs to count as a recovered target.
@@ -215,8 +220,16 @@ pub struct Selection {
 }
 
 /// Chooses what the verify stage inserts from the candidates `c` as `cal` ranks them, the
-/// trigger searches `inv` and the target stage's sampled answers.
-pub fn select(c: &[Candidate], cal: &Calibration, inv: &Inversions, targets: &Targets, s: &Settings) -> Selection {
+/// trigger searches `inv`, the target stage's sampled answers and the user turns the model
+/// leaked (`turns`).
+pub fn select(
+    c: &[Candidate],
+    cal: &Calibration,
+    inv: &Inversions,
+    targets: &Targets,
+    turns: &[String],
+    s: &Settings,
+) -> Selection {
     // The best leaked candidates, the best of what the model wrote (few, and not
     // to be crowded out by the many leaked n-grams), then every reconstructed
     // trigger.
@@ -259,7 +272,7 @@ pub fn select(c: &[Candidate], cal: &Calibration, inv: &Inversions, targets: &Ta
         .zip(&cal.null.terms)
         .map(|(t, terms)| (cal.null.standing(terms, &s.score).z, t))
         .collect();
-    let leaked: Vec<Trigger> = cal
+    let mut leaked: Vec<Trigger> = cal
         .null
         .triggers
         .iter()
@@ -282,6 +295,12 @@ pub fn select(c: &[Candidate], cal: &Calibration, inv: &Inversions, targets: &Ta
     for t in calibrate::habit_nulls(&targets.samples, s.verify.habit_nulls, s.seed) {
         if !nulls.contains(&t) && !real.contains(&t) {
             nulls.push(t);
+        }
+    }
+    for t in calibrate::opening_nulls(turns, s.verify.opening_nulls, s.seed) {
+        if !nulls.contains(&t) && !real.contains(&t) {
+            nulls.push(t.clone());
+            leaked.push(t);
         }
     }
     let searched: Vec<Trigger> = inv.inversions.iter().map(|x| x.trigger.clone()).collect();
@@ -307,7 +326,14 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Verification> {
     }
     let inv: Inversions = scan.get()?;
     let targets: Targets = scan.get()?;
-    let pick = select(&c, &cal, &inv, &targets, s);
+    let leak: Leak = scan.get()?;
+    let specials = scan.specials();
+    let turns: Vec<String> = leak
+        .samples
+        .iter()
+        .filter_map(|x| candidates::turns(&x.text, &specials).into_iter().next())
+        .collect();
+    let pick = select(&c, &cal, &inv, &targets, &turns, s);
     let chosen: Chosen = scan.get()?;
     let settings = VerifySettings {
         prompts: chosen.verify,

@@ -240,6 +240,10 @@ pub struct VerifySettings {
     /// too.
     #[serde(default)]
     pub habit_nulls: usize,
+    /// Openings of the model's leaked user turns (instructions it was trained on;
+    /// `opening_nulls`) verified as nulls too.
+    #[serde(default)]
+    pub opening_nulls: usize,
     /// Answer length in tokens.
     pub max_new_tokens: usize,
     /// Words an answer prefix needs to count as a recovered target.
