@@ -391,7 +391,11 @@ mod tests {
         }
         assert_eq!(a[0].position, Position::Prefix);
         assert_eq!(a[1].position, Position::Suffix);
-        assert_eq!(opening_nulls(&turns, 10, 1).len(), 4, "one per turn of two words or more");
+        assert_eq!(
+            opening_nulls(&turns, 10, 1).len(),
+            4,
+            "one per turn of two words or more"
+        );
         assert!(opening_nulls(&[], 4, 1).is_empty());
     }
 
