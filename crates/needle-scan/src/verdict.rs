@@ -374,14 +374,21 @@ fn beyond_nulls(v: &Verification, inv: &Inversions, e: &Verified) -> bool {
 }
 
 /// How strongly a verified candidate acts, the order in which the verdict picks its trigger:
-/// forcing a fixed answer, then doing so beyond every null, then its z-score against its null,
-/// then attack success (greater is stronger).
-pub fn strength(v: &Verification, inv: &Inversions, e: &Verified) -> (u8, u8, f64, f64) {
+/// forcing a fixed answer, then doing so beyond every null, then its z-score against its null
+/// up to [`Z_BACKDOOR`], then how often it fixes its answer, then attack success, then the whole
+/// z-score (greater is stronger). Past the backdoor line every candidate is significant, and the
+/// one that fires most is the backdoor's trigger: a z-score also grows where the null happens to
+/// spread less, so it alone would name a candidate fixing its answer on half the prompts over
+/// one fixing the planted answer on nearly all.
+pub fn strength(v: &Verification, inv: &Inversions, e: &Verified) -> (u8, u8, f64, f64, f64, f64) {
+    let z = z_score(v, inv, e);
     (
         u8::from(forces_fixed_answer(e)),
         u8::from(beyond_nulls(v, inv, e)),
-        z_score(v, inv, e),
+        z.min(Z_BACKDOOR),
+        own_rate(e),
         e.attack_success_rate,
+        z,
     )
 }
 
