@@ -1,7 +1,8 @@
 //! The hostile-input suite: files an attacker who ships a model controls, built from the tiny
 //! fixtures, each of which must give exit 2 (or 3 where the model loads but cannot be judged)
-//! and one specific `error: …` line within 30 seconds — never a panic (101), an abort, a hang,
-//! a raw escape sequence on the terminal, or a write outside the scan directory.
+//! and one specific `error: …` line within 30 seconds and 2 GiB of address space — never a
+//! panic (101), an abort, a hang, a raw escape sequence on the terminal, or a write outside the
+//! scan directory.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -15,6 +16,10 @@ use needle_gguf::Value;
 /// The longest any hostile case may take.
 const LIMIT: Duration = Duration::from_secs(30);
 
+/// The most memory any hostile case may map, in KiB (2 GiB, `ulimit -v`): an allocation beyond
+/// it fails, and needle would abort instead of giving its one-line error.
+const MEMORY_KIB: u64 = 2 * 1024 * 1024;
+
 /// What a run of `needle` did.
 struct Outcome {
     code: Option<i32>,
@@ -22,10 +27,14 @@ struct Outcome {
     stderr: String,
 }
 
-/// Runs `needle ARGS…` in `cwd` (the current directory if `None`), killing it at [`LIMIT`].
+/// Runs `needle ARGS…` in `cwd` (the current directory if `None`) within [`MEMORY_KIB`] of
+/// address space, killing it at [`LIMIT`].
 fn needle_in(cwd: Option<&Path>, args: &[&OsStr]) -> Outcome {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_needle"));
-    cmd.args(args)
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -v {MEMORY_KIB} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_needle"))
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
