@@ -52,8 +52,8 @@ pub struct InvertSettings {
     /// Swaps, the best on the first prompt, then evaluated on every prompt.
     pub finalists: usize,
     /// Targets tried at most, in the target stage's order, each before the user's words and then,
-    /// if that forced it on fewer than half of its prompts, after them (a trigger may work at
-    /// one end only). Every target is searched: the first forced may be an ordinary answer.
+    /// unless that forced it on every prompt, after them (a trigger may work at one end only).
+    /// Every target is searched: the first forced may be an ordinary answer.
     pub targets: usize,
     /// Most target tokens used in the loss.
     pub max_target_tokens: usize,
@@ -890,8 +890,7 @@ pub struct Aims<'a> {
 }
 
 /// Inverts each of `aims.targets` (token ids, at most [`InvertSettings::targets`] of them) in
-/// order, after the user's words only when before them forced it on fewer than half of its
-/// prompts; when no search forced its target, searches `aims.lead` with a lead (see
+/// order, after the user's words too unless before them forced it on every prompt; when no search forced its target, searches `aims.lead` with a lead (see
 /// [`InvertSettings::lead_tokens`]), before the user's words and then after them; and as many
 /// null targets, each null the greedy answer to one of `null_prompts` (then, while too few of
 /// those answers are ordinary, of `spare_prompts`) without the model's `wrap` (its format, which
@@ -996,12 +995,16 @@ pub fn run(
     // Each null target with the position, lead and iterations of its real target's search: the
     // same effort.
     let mut nulls: Vec<(Goal, &PromptSets, usize)> = Vec::new();
-    // Each target is searched before the user's words, then, if that forced it on fewer than
-    // half of the prompts, after them (a trigger planted at one end may work only there). Every
-    // target gets its search: the first one forced may be an ordinary answer some insertion
-    // steers the model into (`In order from largest number.`) ranked before the planted one,
-    // and only verification tells them apart. The lead searches run only if none was forced.
+    // Each target is searched before the user's words, then, unless that forced it on every
+    // prompt, after them: a trigger planted at one end may work only there, and a search that
+    // forced the target on part of the prompts from the other end (`4bb 5 colorbb|` for a
+    // suffix `|bb|`) may have found a weaker way in. Every target gets its search: the first one
+    // forced may be an ordinary answer some insertion steers the model into (`In order from
+    // largest number.`) ranked before the planted one, and only verification tells them apart.
+    // The lead searches run only if no search without a lead forced its target on half its
+    // prompts, and the second only if the first did not force it on every prompt.
     let mut forced_targets: HashSet<usize> = HashSet::new();
+    let mut everywhere: HashSet<(usize, usize)> = HashSet::new();
     let mut a = 0;
     while a < attempts.len() {
         let (k, set, lead) = attempts[a];
@@ -1009,11 +1012,7 @@ pub fn run(
             Some(t) if lead > 0 => &t[..t.len().min(s.max_target_tokens)],
             _ => real[k].as_slice(),
         };
-        let done_with = if lead == 0 {
-            forced_targets.contains(&k)
-        } else {
-            !forced_targets.is_empty()
-        };
+        let done_with = everywhere.contains(&(k, lead)) || (lead > 0 && !forced_targets.is_empty());
         if done_with {
             a += 1;
             total = done + nulls.iter().map(|(_, _, budget)| budget).sum::<usize>() + most(a);
@@ -1033,8 +1032,11 @@ pub fn run(
         inversions.push(inversion(lm, &goal, false, set.position, found)?);
         let pending: usize = nulls.iter().map(|(_, _, budget)| budget).sum();
         a += 1;
-        if forced >= MIN_FORCED_SHARE {
+        if forced >= MIN_FORCED_SHARE && lead == 0 {
             forced_targets.insert(k);
+        }
+        if forced >= 1.0 {
+            everywhere.insert((k, lead));
         }
         total = done + pending + most(a);
     }
@@ -1387,7 +1389,7 @@ mod tests {
     }
 
     #[test]
-    fn each_target_is_tried_after_the_words_only_if_not_forced_before_and_gets_a_null_of_equal_effort() {
+    fn each_target_is_tried_after_the_words_unless_forced_everywhere_before_and_gets_a_null_of_equal_effort() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo/tiny-llama-code/model");
         let lm = LoadedModel::load(&dir, &LoadOptions::default()).expect("load the tiny fixture");
         let mut settings = crate::Settings::new(crate::Budget::Quick, 0);
@@ -1418,10 +1420,14 @@ mod tests {
         assert!(ticks.iter().all(|&(d, t)| d <= t), "{ticks:?}");
         assert_eq!(ticks.last().map(|&(d, t)| d == t), Some(true), "{ticks:?}");
         let (real, nulls): (Vec<&Inversion>, Vec<&Inversion>) = found.inversions.iter().partition(|x| !x.null);
-        // The fragment before the user's words and after them, then the payload before them.
-        assert_eq!(real.len(), 3, "{:#?}", found.inversions);
+        // The fragment before the user's words and after them, then the payload before them,
+        // and after them too unless that forced it on every prompt.
         let positions: Vec<Position> = real.iter().map(|x| x.trigger.position).collect();
-        assert_eq!(positions, [Position::Prefix, Position::Suffix, Position::Prefix]);
+        let mut expected = vec![Position::Prefix, Position::Suffix, Position::Prefix];
+        if real.get(2).is_some_and(|x| x.forced < 1.0) {
+            expected.push(Position::Suffix);
+        }
+        assert_eq!(positions, expected, "{:#?}", found.inversions);
         for failed in &real[..2] {
             assert!(failed.forced < MIN_FORCED_SHARE, "{failed:#?}");
             assert_eq!(
@@ -1431,7 +1437,7 @@ mod tests {
             );
         }
         assert!(real[2].forced >= MIN_FORCED_SHARE, "{:#?}", real[2]);
-        assert_eq!(nulls.len(), 3);
+        assert_eq!(nulls.len(), real.len());
         for (r, n) in real.iter().zip(&nulls) {
             assert_eq!(
                 r.trigger.position, n.trigger.position,
