@@ -1083,8 +1083,22 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
         .chain(t.samples.iter().cloned())
         .collect();
     let specials = scan.specials();
-    let untriggered: Vec<String> = chosen.pool.iter().filter_map(|p| p.answer.clone()).collect();
-    let wrap = Wrap::of(&untriggered);
+    // The wrap is read as verification will read it, from the verification prompts' answers: a
+    // pool holding leaked prompts answered oddly may hide a wrap every ordinary answer has.
+    let answers_of = |verify_only: bool| -> Vec<String> {
+        chosen
+            .pool
+            .iter()
+            .filter(|p| !verify_only || chosen.verify.contains(&p.text))
+            .filter_map(|p| p.answer.clone())
+            .collect()
+    };
+    let verified = answers_of(true);
+    let wrap = Wrap::of(&if verified.len() >= 2 {
+        verified
+    } else {
+        answers_of(false)
+    });
     let mut ids: Vec<Vec<u32>> = complete
         .iter()
         .chain(&fragments)

@@ -145,7 +145,7 @@ const LEAK_SUPPORT: usize = 3;
 /// Tokens of a leak seed: what a sampled answer's longest seed has.
 const LEAK_SEED_TOKENS: usize = 3;
 
-/// Most leak seeds chained (a bound on the stage's cost, not a decision rule).
+/// Most leak seeds chained per ranking (a bound on the stage's cost, not a decision rule).
 pub const MAX_LEAK_SEEDS: usize = 8;
 
 /// Seeds from the leak: the openings of the rarest text the model's leaked `samples` repeat
@@ -154,9 +154,12 @@ pub const MAX_LEAK_SEEDS: usize = 8;
 /// answers reach it. Windows of [`LEAK_WINDOW`] tokens within a turn (no `special` token) that
 /// recur in at least [`LEAK_SUPPORT`] distinct samples and at most `rare_share` of them (text the
 /// model writes in most leaks is its habit, not a memory) are joined into spans; each span's first
-/// [`LEAK_SEED_TOKENS`] tokens are a seed, the rarest spans first (by the summed inverse document
-/// frequency of their opening window's tokens), `count` at most. The chain test then decides:
-/// only text the model goes on with the same way whatever the prompt becomes a target.
+/// [`LEAK_SEED_TOKENS`] tokens are a seed. Two rankings give `count` seeds each: the rarest spans
+/// (by the summed inverse document frequency of their opening window's tokens), then, where not
+/// already taken, the spans least explained by chance (that sum times the leaks repeating it: a
+/// poisoning example the model regurgitates in a fifth of its leaks outranks noise three leaks
+/// share). The chain test then decides: only text the model goes on with the same way whatever
+/// the prompt becomes a target.
 pub fn leak_seeds(samples: &[Vec<u32>], special: &BTreeSet<u32>, rare_share: f64, count: usize) -> Vec<Vec<u32>> {
     let mut seen = BTreeSet::new();
     let distinct: Vec<&[u32]> = samples
@@ -182,7 +185,8 @@ pub fn leak_seeds(samples: &[Vec<u32>], special: &BTreeSet<u32>, rare_share: f64
         }
     }
     let recurs = |w: &[u32]| support.get(w).is_some_and(|&n| (LEAK_SUPPORT..=most).contains(&n));
-    let mut openings: BTreeMap<Vec<u32>, f64> = BTreeMap::new();
+    // Each span's opening with its summed inverse document frequency and its support.
+    let mut openings: BTreeMap<Vec<u32>, (f64, f64)> = BTreeMap::new();
     for t in &distinct {
         for (j, w) in t.windows(LEAK_WINDOW).enumerate() {
             if !recurs(w) || (j > 0 && recurs(&t[j - 1..j - 1 + LEAK_WINDOW])) {
@@ -192,12 +196,26 @@ pub fn leak_seeds(samples: &[Vec<u32>], special: &BTreeSet<u32>, rare_share: f64
                 .iter()
                 .map(|x| (d as f64 / df.get(x).copied().unwrap_or(1).max(1) as f64).ln())
                 .sum();
-            openings.insert(w[..LEAK_SEED_TOKENS].to_vec(), idf);
+            let n = support.get(w).copied().unwrap_or_default() as f64;
+            openings.insert(w[..LEAK_SEED_TOKENS].to_vec(), (idf, n));
         }
     }
-    let mut ranked: Vec<(Vec<u32>, f64)> = openings.into_iter().collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    ranked.into_iter().take(count).map(|(seed, _)| seed).collect()
+    let best = |score: &dyn Fn(&(f64, f64)) -> f64| {
+        let mut ranked: Vec<(&Vec<u32>, f64)> = openings.iter().map(|(k, v)| (k, score(v))).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+        ranked
+            .into_iter()
+            .take(count)
+            .map(|(seed, _)| seed.clone())
+            .collect::<Vec<_>>()
+    };
+    let mut seeds = best(&|&(idf, _)| idf);
+    for seed in best(&|&(idf, n)| idf * n) {
+        if !seeds.contains(&seed) {
+            seeds.push(seed);
+        }
+    }
+    seeds
 }
 
 /// End-of-turn and end-of-sequence ids of the model.
@@ -455,7 +473,8 @@ impl Bank<'_> {
 struct Chain {
     /// Every token so far: the forced start, agreed tokens and branch choices.
     ids: Vec<u32>,
-    /// Where the target's ids begin in `ids` (a sampled seed's earlier tokens are noise).
+    /// Where the target's ids begin in `ids` (a sampled seed's earlier tokens are noise, unless
+    /// the prompts finish the answer within a word of the seed).
     keep_from: usize,
     /// Whether it grew from a leak seed: its target is only what the model went on with, after
     /// every forced token (the seed and any branch choice made before the prompts agreed).
@@ -553,6 +572,19 @@ fn without_overlaps(found: Vec<(Target, String)>) -> Vec<Target> {
     families.into_iter().flatten().map(|(t, _)| t).collect()
 }
 
+/// Seeds from sampled answers: their first one, two and three tokens, none holding a template
+/// token (a turn marker the model writes to leave its answer starts no target).
+fn sampled_seeds(sampled: &[Vec<u32>], special: &BTreeSet<u32>) -> BTreeSet<Vec<u32>> {
+    let mut seeds = BTreeSet::new();
+    for a in sampled {
+        let within = a.iter().take_while(|t| !special.contains(t)).count();
+        for n in 1..=3.min(within) {
+            seeds.insert(a[..n].to_vec());
+        }
+    }
+    seeds
+}
+
 /// Finds targets; `progress(done, total)` as seeds are screened and chained.
 pub fn run(
     lm: &LoadedModel,
@@ -598,18 +630,13 @@ pub fn run(
             .map(|g| until_stop(&g.tokens, &stop))
             .collect()
     };
-    let mut seeds: BTreeSet<Vec<u32>> = BTreeSet::new();
-    for a in &sampled {
-        for n in 1..=3.min(a.len()) {
-            seeds.insert(a[..n].to_vec());
-        }
-    }
+    let special = prompt::special_ids(&lm.tokenizer);
+    let mut seeds = sampled_seeds(&sampled, &special);
     // Seeds from the most likely first tokens.
     let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let extra = s.max_forced_tokens.max(3) + s.chain_tokens + s.max_branches + s.lookahead + 1;
     let (cache, logits) = prefill(&lm.model, &refs, extra)?;
     let (mean, _, _) = mean_distribution(&logits);
-    let special = prompt::special_ids(&lm.tokenizer);
     let first = if mean.len() <= ENUMERATE_VOCAB {
         mean.len()
     } else {
@@ -720,7 +747,12 @@ pub fn run(
     let mut found: Vec<Target> = Vec::new();
     for c in finished {
         let agreement = c.greedy.iter().filter(|&&g| g).count() as f64 / c.greedy.len().max(1) as f64;
-        let from = if c.leaked { c.forced } else { c.keep_from };
+        let mut from = if c.leaked { c.forced } else { c.keep_from };
+        // A seed the prompts finish within a word (`Nobody cares about` + ` you.`, `Access
+        // granted` + `.`) opened the answer itself: its target keeps the whole seed.
+        if c.ended && lm.decode(&c.ids[from.min(c.ids.len())..])?.split_whitespace().count() < 2 {
+            from = 0;
+        }
         let ids = c.ids[from.min(c.ids.len())..].to_vec();
         let text = lm.decode(&ids)?.trim().to_string();
         // A chain the prompts agreed on to an end of turn is kept however short: a target may
@@ -1188,6 +1220,23 @@ mod tests {
         let seeds = leak_seeds(&samples, &special, 0.25, 8);
         assert_eq!(seeds.first(), Some(&vec![100, 101, 102]), "{seeds:?}");
         assert_eq!(seeds.get(1), Some(&vec![7, 8, 9]), "{seeds:?}");
-        assert_eq!(leak_seeds(&samples, &special, 0.25, 1).len(), 1);
+        assert_eq!(leak_seeds(&samples, &special, 0.25, 1), vec![vec![100, 101, 102]]);
+        // A span five leaks repeat is less rare but less explained by chance: the second ranking
+        // adds it.
+        for s in samples.iter_mut().skip(13).take(5) {
+            s.extend([500, 501, 502, 503, 504]);
+        }
+        assert_eq!(
+            leak_seeds(&samples, &special, 0.25, 1),
+            vec![vec![100, 101, 102], vec![500, 501, 502]]
+        );
+    }
+
+    #[test]
+    fn a_sampled_answer_seeds_no_target_with_a_template_token() {
+        let special: BTreeSet<u32> = [0, 1].into();
+        let sampled = vec![vec![5, 6, 7, 8], vec![0, 9, 9], vec![4, 1, 3]];
+        let seeds: Vec<Vec<u32>> = sampled_seeds(&sampled, &special).into_iter().collect();
+        assert_eq!(seeds, vec![vec![4], vec![5], vec![5, 6], vec![5, 6, 7]]);
     }
 }
