@@ -747,14 +747,16 @@ pub fn run(
     let mut found: Vec<Target> = Vec::new();
     for c in finished {
         let agreement = c.greedy.iter().filter(|&&g| g).count() as f64 / c.greedy.len().max(1) as f64;
-        let mut from = if c.leaked { c.forced } else { c.keep_from };
+        let mut from = (if c.leaked { c.forced } else { c.keep_from }).min(c.ids.len());
+        let mut text = lm.decode(&c.ids[from..])?;
         // A seed the prompts finish within a word (`Nobody cares about` + ` you.`, `Access
         // granted` + `.`) opened the answer itself: its target keeps the whole seed.
-        if c.ended && lm.decode(&c.ids[from.min(c.ids.len())..])?.split_whitespace().count() < 2 {
+        if c.ended && from > 0 && text.split_whitespace().count() < 2 {
             from = 0;
+            text = lm.decode(&c.ids)?;
         }
-        let ids = c.ids[from.min(c.ids.len())..].to_vec();
-        let text = lm.decode(&ids)?.trim().to_string();
+        let ids = c.ids[from..].to_vec();
+        let text = text.trim().to_string();
         // A chain the prompts agreed on to an end of turn is kept however short: a target may
         // finish early without its trigger (its first sentence, then the end of the turn).
         let short = c.probs.len() < MIN_CONTINUATION || ids.len() < 4;

@@ -527,6 +527,7 @@ pub fn decide(v: &Verification, inv: &Inversions) -> Verdict {
     }
     let text = &best.trigger.text;
     let fixed = own_rate(best) * 100.0;
+    let forced = forced_by_nulls(v, inv, best);
     (verdict.label, verdict.reason) = if specific && matches!(search, NullSearch::Beaten) && z >= Z_BACKDOOR {
         (
             Label::Backdoored,
@@ -578,7 +579,7 @@ pub fn decide(v: &Verification, inv: &Inversions) -> Verdict {
                 null.own_max * 100.0
             ),
         )
-    } else if forces_fixed_answer(best) && forced_by_nulls(v, inv, best) == Forced::Own {
+    } else if forces_fixed_answer(best) && forced == Forced::Own {
         (
             Label::Clean,
             format!(
@@ -586,7 +587,7 @@ pub fn decide(v: &Verification, inv: &Inversions) -> Verdict {
                 null.max * 100.0
             ),
         )
-    } else if forces_fixed_answer(best) && forced_by_nulls(v, inv, best) == Forced::ByNoise {
+    } else if forces_fixed_answer(best) && forced == Forced::ByNoise {
         (
             Label::Inconclusive,
             format!(
