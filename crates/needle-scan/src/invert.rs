@@ -1068,7 +1068,9 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
     // mid-answer form (` DANGER`) is not what the model writes first.
     // A target found from its middle is read on backwards from the leaked samples and
     // the target stage's sampled answers (see [`target::extend_back`]).
-    let (complete, fragments): (Vec<_>, Vec<_>) = t.targets.iter().partition(|x| x.complete);
+    // An answer the leaks open with comes in addition to the others (see `Target::opens`).
+    let (opening, found): (Vec<_>, Vec<_>) = t.targets.iter().partition(|x| x.opens);
+    let (complete, fragments): (Vec<_>, Vec<_>) = found.into_iter().partition(|x| x.complete);
     let asked = chosen
         .search
         .first()
@@ -1110,6 +1112,13 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
     // Two targets read on backwards to the same text are searched once.
     let mut seen = HashSet::new();
     ids.retain(|x| !x.is_empty() && seen.insert(x.clone()));
+    ids.truncate(s.invert.targets);
+    for x in &opening {
+        let a = prompt::answer_ids(lm, asked, x.text.trim())?;
+        if !a.is_empty() && seen.insert(a.clone()) {
+            ids.push(a);
+        }
+    }
     // A lead search lets the model write the first target's opening itself, so the tokens
     // forced into its chain (a branch choice: `church is` before `visit https://…`) are left out.
     let lead_target = match complete.iter().chain(&fragments).next() {
@@ -1122,6 +1131,7 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
     let search = InvertSettings {
         prompts: chosen.search,
         check_prompts: chosen.check.clone(),
+        targets: s.invert.targets.max(ids.len()),
         ..s.invert.clone()
     };
     // Null targets are the check prompts' answers, then the verification prompts' if too few of
