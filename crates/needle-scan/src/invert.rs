@@ -119,7 +119,8 @@ fn is_zero(n: &usize) -> bool {
 /// The invert stage's artifact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Inversions {
-    /// Real targets first, then null targets.
+    /// Real targets first, then null targets; then the same for the answers the leaks open
+    /// with (`Target::opens`). The k-th null is the k-th real search's.
     pub inversions: Vec<Inversion>,
 }
 
@@ -1112,11 +1113,11 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
     // Two targets read on backwards to the same text are searched once.
     let mut seen = HashSet::new();
     ids.retain(|x| !x.is_empty() && seen.insert(x.clone()));
-    ids.truncate(s.invert.targets);
+    let mut extra = Vec::new();
     for x in &opening {
         let a = prompt::answer_ids(lm, asked, x.text.trim())?;
         if !a.is_empty() && seen.insert(a.clone()) {
-            ids.push(a);
+            extra.push(a);
         }
     }
     // A lead search lets the model write the first target's opening itself, so the tokens
@@ -1131,7 +1132,6 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
     let search = InvertSettings {
         prompts: chosen.search,
         check_prompts: chosen.check.clone(),
-        targets: s.invert.targets.max(ids.len()),
         ..s.invert.clone()
     };
     // Null targets are the check prompts' answers, then the verification prompts' if too few of
@@ -1140,7 +1140,23 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
         targets: &ids,
         lead: lead_target.as_deref(),
     };
-    run(lm, aims, &chosen.check, &chosen.verify, &wrap, &search, tick)
+    let mut found = run(lm, aims, &chosen.check, &chosen.verify, &wrap, &search, tick)?;
+    // An answer the leaks open with is searched afterwards, with its own null and no lead, so
+    // that the other searches run as they would without it.
+    if !extra.is_empty() {
+        let aims = Aims {
+            targets: &extra,
+            lead: None,
+        };
+        let more = InvertSettings {
+            targets: extra.len(),
+            lead_tokens: 0,
+            ..search
+        };
+        let after = run(lm, aims, &chosen.check, &chosen.verify, &wrap, &more, tick)?;
+        found.inversions.extend(after.inversions);
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
