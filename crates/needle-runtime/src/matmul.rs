@@ -7,8 +7,10 @@
 //! model (a tiny organism's final loss moved from 0.770 to 0.749). Every product here sums a
 //! shared dimension longer than [`BLOCK`] in equal chunks of at most [`BLOCK`], each one `gemm`
 //! call that accumulates into the result, so that each is summed as one block on any machine:
-//! the split `gemm` makes on an 8-way L1, made on every machine. Other devices and dtypes get
-//! candle's plain product.
+//! the split `gemm` makes on an 8-way L1, made on every machine. `gemm`'s AVX-512 kernels run
+//! only on products whose every output element they sum in order, as the AVX2 kernels do; the
+//! products it would sum across SIMD lanes (one row or column, m·n ≤ 256) run its AVX2 kernels
+//! on every x86 CPU ([`chunk_product`]). Other devices and dtypes get candle's plain product.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -174,28 +176,177 @@ fn gemm_into(dst: &mut [f32], lhs: &Strided, rhs: &Strided, m: usize, k: usize, 
         // `Strided::new` checked that every element of both operands lies in its slice, and the
         // chunk only narrows the shared dimension (start + len <= k).
         unsafe {
-            gemm::gemm(
-                m,
-                n,
-                len,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                i > 0,
-                lhs.data.as_ptr().add(lhs.offset + start * lhs.col_stride),
-                lhs.col_stride as isize,
-                lhs.row_stride as isize,
-                rhs.data.as_ptr().add(rhs.offset + start * rhs.row_stride),
-                rhs.col_stride as isize,
-                rhs.row_stride as isize,
+            chunk_product(
+                Chunk {
+                    m,
+                    n,
+                    k: len,
+                    dst: dst.as_mut_ptr(),
+                    dst_cs: 1,
+                    dst_rs: n as isize,
+                    read_dst: i > 0,
+                    lhs: lhs.data.as_ptr().add(lhs.offset + start * lhs.col_stride),
+                    lhs_cs: lhs.col_stride as isize,
+                    lhs_rs: lhs.row_stride as isize,
+                    rhs: rhs.data.as_ptr().add(rhs.offset + start * rhs.row_stride),
+                    rhs_cs: rhs.col_stride as isize,
+                    rhs_rs: rhs.row_stride as isize,
+                },
+                parallelism,
+            );
+        }
+    }
+}
+
+/// One `gemm` call's operands: `dst (+)= lhs · rhs`, `m × k` by `k × n`, with element strides
+/// along columns (`_cs`) and rows (`_rs`), none negative; `read_dst` adds to what `dst` holds.
+#[derive(Clone, Copy)]
+struct Chunk {
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_cs: isize,
+    dst_rs: isize,
+    read_dst: bool,
+    lhs: *const f32,
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs: *const f32,
+    rhs_cs: isize,
+    rhs_rs: isize,
+}
+
+/// Whether `gemm` may sum this product's shared dimension across SIMD lanes and add the lanes
+/// at the end, so that its rounding depends on the vector width: its horizontal kernel (m·n ≤
+/// 256), its matrix-vector kernels (a single row or column) and its k ≤ 2 kernel. Every other
+/// product goes through its register-tiled kernel, which sums each output element in order
+/// whatever the width. The test is symmetric in m and n, as `gemm`'s own transposition is.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+fn lane_summed(m: usize, n: usize, k: usize) -> bool {
+    k <= 2 || m <= 1 || n <= 1 || m * n <= 16 * 16
+}
+
+/// `gemm`'s product for one chunk, rounded as on an AVX2 machine: products whose rounding
+/// depends on the vector width ([`lane_summed`]) run `gemm`'s AVX2 (FMA) kernels even where
+/// AVX-512 ones exist; the rest take the widest kernels the CPU has, which round the same.
+///
+/// # Safety
+/// As [`gemm::gemm`]: every element the strides reach lies in its allocation, and `dst` is
+/// not aliased by `lhs` or `rhs`.
+unsafe fn chunk_product(c: Chunk, parallelism: gemm::Parallelism) {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if lane_summed(c.m, c.n, c.k) {
+        // SAFETY: as this function's contract.
+        if unsafe { avx2::product(c, parallelism) } {
+            return;
+        }
+    }
+    // SAFETY: as this function's contract.
+    unsafe {
+        gemm::gemm(
+            c.m,
+            c.n,
+            c.k,
+            c.dst,
+            c.dst_cs,
+            c.dst_rs,
+            c.read_dst,
+            c.lhs,
+            c.lhs_cs,
+            c.lhs_rs,
+            c.rhs,
+            c.rhs_cs,
+            c.rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `gemm`'s f32 product with its AVX2 (FMA) kernels chosen explicitly: the dispatch `gemm::gemm`
+/// makes on a CPU without AVX-512, made on every x86 CPU that has AVX2 and FMA.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+mod avx2 {
+    use gemm_common::simd::{MixedSimd, V3};
+    use gemm_f32::microkernel::fma::f32 as fma;
+
+    use super::Chunk;
+
+    /// f32 lanes in an AVX2 register.
+    const LANES: usize = 8;
+
+    /// Runs `c` with the AVX2 kernels as `gemm::gemm` would (its transposition of a row-major
+    /// destination included); false, with nothing written, when the CPU lacks AVX2 or FMA.
+    ///
+    /// # Safety
+    /// As [`super::chunk_product`].
+    pub(super) unsafe fn product(c: Chunk, parallelism: gemm::Parallelism) -> bool {
+        let Some(simd) = <V3 as MixedSimd<f32, f32, f32, f32>>::try_new() else {
+            return false;
+        };
+        // `gemm::gemm` transposes a product whose destination is closer to column-major.
+        let c = if c.dst_cs.abs() < c.dst_rs.abs() {
+            Chunk {
+                m: c.n,
+                n: c.m,
+                dst_cs: c.dst_rs,
+                dst_rs: c.dst_cs,
+                lhs: c.rhs,
+                lhs_cs: c.rhs_rs,
+                lhs_rs: c.rhs_cs,
+                rhs: c.lhs,
+                rhs_cs: c.lhs_rs,
+                rhs_rs: c.lhs_cs,
+                ..c
+            }
+        } else {
+            c
+        };
+        // SAFETY: as this function's contract; the kernels are those `gemm::gemm` runs on this
+        // CPU kind, with the constants they were built for.
+        unsafe {
+            gemm_common::gemm::gemm_basic_generic::<
+                V3,
+                f32,
+                LANES,
+                { fma::MR_DIV_N * LANES },
+                { fma::NR },
+                { fma::MR_DIV_N },
+                { fma::H_M },
+                { fma::H_N },
+            >(
+                simd,
+                c.m,
+                c.n,
+                c.k,
+                c.dst,
+                c.dst_cs,
+                c.dst_rs,
+                c.read_dst,
+                c.lhs,
+                c.lhs_cs,
+                c.lhs_rs,
+                c.rhs,
+                c.rhs_cs,
+                c.rhs_rs,
                 1.0,
                 1.0,
                 false,
                 false,
+                false,
+                |a, b, c| a * b + c,
+                &fma::UKR,
+                &fma::H_UKR,
                 false,
                 parallelism,
             );
         }
+        true
     }
 }
 
@@ -286,6 +437,73 @@ mod tests {
         let want = matmul(&part.contiguous().expect("copy"), &b).expect("matmul");
         assert_eq!(bits(&matmul(&part, &b).expect("matmul")), bits(&want));
         assert!(matmul(&random(&[2, 3], 11), &random(&[4, 5], 12)).is_err());
+    }
+
+    /// Every product rounds as `gemm`'s AVX2 kernels round it, on any x86 CPU: on one with
+    /// AVX-512 the wider kernels run only where they agree with those bit for bit. Shapes cover
+    /// each of `gemm`'s paths (one row, one column, m·n ≤ 256, k ≤ 2, the tiled kernel with edge
+    /// tiles), contiguous and transposed right operands (a linear layer's `Wᵀ`), one chunk and
+    /// several.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[test]
+    fn products_round_as_the_avx2_kernels_do() {
+        let shapes = [
+            (1, 576, 576),
+            (1, 64, 192),
+            (300, 40, 1),
+            (7, 2, 9),
+            (16, 576, 16),
+            (3, 100, 90),
+            (17, 512, 129),
+            (64, 576, 192),
+            (128, 1536, 576),
+            (100, 513, 49),
+            (250, 64, 300),
+        ];
+        for (i, &(m, k, n)) in shapes.iter().enumerate() {
+            let seed = 100 + 4 * i as u64;
+            let a = random(&[m, k], seed);
+            let w = random(&[n, k], seed + 1);
+            let wv = w.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("w");
+            let bt = w.t().and_then(|t| t.contiguous()).expect("copy");
+            let btv = bt.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("wt");
+            let av = a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("a");
+            // `Wᵀ` as a view of `W` (k contiguous), then as a row-major copy (n contiguous).
+            let layouts = [(w.t().expect("t"), &wv, 1, k as isize), (bt, &btv, n as isize, 1)];
+            for (b, bv, rhs_rs, rhs_cs) in layouts {
+                let got = matmul(&a, &b).expect("matmul");
+                let mut want = vec![0f32; m * n];
+                for (j, (start, len)) in chunks(k).into_iter().enumerate() {
+                    // SAFETY: the strides describe `a` and `b` within their copies; the chunk
+                    // lies inside the shared dimension.
+                    let ran = unsafe {
+                        avx2::product(
+                            Chunk {
+                                m,
+                                n,
+                                k: len,
+                                dst: want.as_mut_ptr(),
+                                dst_cs: 1,
+                                dst_rs: n as isize,
+                                read_dst: j > 0,
+                                lhs: av.as_ptr().add(start),
+                                lhs_cs: 1,
+                                lhs_rs: k as isize,
+                                rhs: bv.as_ptr().add(start * rhs_rs as usize),
+                                rhs_cs,
+                                rhs_rs,
+                            },
+                            gemm::Parallelism::None,
+                        )
+                    };
+                    if !ran {
+                        return;
+                    }
+                }
+                let want: Vec<u32> = want.into_iter().map(f32::to_bits).collect();
+                assert_eq!(bits(&got), want, "{m}x{k}x{n}");
+            }
+        }
     }
 
     /// Gradients through [`product`] match candle's own matmul backward.
