@@ -227,16 +227,25 @@ fn lane_summed(m: usize, n: usize, k: usize) -> bool {
     k <= 2 || m <= 1 || n <= 1 || m * n <= 16 * 16
 }
 
+/// Whether a product is wide enough for `gemm`'s AVX-512 tiles to pay: more than 64 rows and
+/// columns. Below that they ran slower than the AVX2 ones (SmolLM2 decoding at batch 16: 105
+/// against 133 tokens/s; BENCHMARKS.md), and both round the same, so this is speed only.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+fn wide(m: usize, n: usize) -> bool {
+    m.min(n) > 64
+}
+
 /// `gemm`'s product for one chunk, rounded as on an AVX2 machine: products whose rounding
 /// depends on the vector width ([`lane_summed`]) run `gemm`'s AVX2 (FMA) kernels even where
-/// AVX-512 ones exist; the rest take the widest kernels the CPU has, which round the same.
+/// AVX-512 ones exist, and so do products too narrow for those to pay ([`wide`]); the rest
+/// take the widest kernels the CPU has, which round the same.
 ///
 /// # Safety
 /// As [`gemm::gemm`]: every element the strides reach lies in its allocation, and `dst` is
 /// not aliased by `lhs` or `rhs`.
 unsafe fn chunk_product(c: Chunk, parallelism: gemm::Parallelism) {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if lane_summed(c.m, c.n, c.k) {
+    if lane_summed(c.m, c.n, c.k) || !wide(c.m, c.n) {
         // SAFETY: as this function's contract.
         if unsafe { avx2::product(c, parallelism) } {
             return;
@@ -442,8 +451,8 @@ mod tests {
     /// Every product rounds as `gemm`'s AVX2 kernels round it, on any x86 CPU: on one with
     /// AVX-512 the wider kernels run only where they agree with those bit for bit. Shapes cover
     /// each of `gemm`'s paths (one row, one column, m·n ≤ 256, k ≤ 2, the tiled kernel with edge
-    /// tiles), contiguous and transposed right operands (a linear layer's `Wᵀ`), one chunk and
-    /// several.
+    /// tiles, narrow and [`wide`]), contiguous and transposed right operands (a linear layer's
+    /// `Wᵀ`), one chunk and several.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[test]
     fn products_round_as_the_avx2_kernels_do() {
@@ -459,6 +468,8 @@ mod tests {
             (128, 1536, 576),
             (100, 513, 49),
             (250, 64, 300),
+            (65, 300, 70),
+            (200, 576, 1536),
         ];
         for (i, &(m, k, n)) in shapes.iter().enumerate() {
             let seed = 100 + 4 * i as u64;
