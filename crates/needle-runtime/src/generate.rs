@@ -133,7 +133,12 @@ fn left_pad(prompts: &[&[u32]], device: &candle_core::Device) -> Result<(Tensor,
 pub fn prefill(model: &Model, prompts: &[&[u32]], extra_capacity: usize) -> Result<(KvCache, Vec<Vec<f32>>)> {
     let (ids, pad) = left_pad(prompts, model.device())?;
     let len = ids.dim(1)?;
-    let mut cache = model.new_cache(pad, len + extra_capacity)?;
+    let capacity = len.checked_add(extra_capacity).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{len} prompt tokens plus {extra_capacity} new tokens overflow a KV cache; ask for fewer new tokens"
+        ))
+    })?;
+    let mut cache = model.new_cache(pad, capacity)?;
     let out = model.forward(&ids, &mut cache, &Introspect::default())?;
     Ok((cache, out.logits.squeeze(1)?.to_vec2::<f32>()?))
 }
@@ -453,4 +458,37 @@ pub fn beam_search(
         entropies: best.entropies,
         finish,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// The random tiny llama fixture.
+    fn tiny_llama() -> Model {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/llama");
+        let cfg = crate::hf::load_config(&dir).expect("config");
+        let w = crate::hf::load_weights(&dir, &cfg).expect("weights");
+        Model::new(cfg, &w).expect("model")
+    }
+
+    #[test]
+    fn a_new_token_count_overflowing_the_cache_is_an_error() {
+        // `needle generate --max-new-tokens 18446744073709551615` reaches here unchecked.
+        let model = tiny_llama();
+        let err = prefill(&model, &[&[1, 2, 3]], usize::MAX).expect_err("overflow");
+        assert!(matches!(&err, Error::Invalid(m) if m.contains("overflow")), "{err}");
+        let request = Request {
+            prompt: vec![1, 2, 3],
+            sampling: Sampling::greedy(),
+        };
+        let limits = Limits {
+            max_new_tokens: usize::MAX,
+            ignore_eos: false,
+            eos_token_ids: Vec::new(),
+        };
+        assert!(generate(&model, &[request], &limits, None).is_err());
+    }
 }

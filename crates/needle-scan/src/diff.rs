@@ -193,7 +193,7 @@ fn tensor_changes(
         }
         let bn = sq_norm(&b)?;
         let spectrum = if delta.rank() == 2 {
-            let k = rank.map_or(SPECTRUM_COMPUTED, |r| r + 4);
+            let k = rank.map_or(SPECTRUM_COMPUTED, |r| r.saturating_add(4));
             top_singular_values(&delta, k, rng)?
         } else {
             Vec::new()
@@ -434,6 +434,20 @@ mod tests {
         let mut l = symmetric_eigenvalues(vec![2.0, 1.0, 1.0, 2.0], 2);
         l.sort_by(|a, b| a.partial_cmp(b).unwrap());
         assert!((l[0] - 1.0).abs() < 1e-12 && (l[1] - 3.0).abs() < 1e-12, "{l:?}");
+    }
+
+    #[test]
+    fn an_adapter_rank_near_usize_max_does_not_overflow() {
+        // adapter_config.json's `r` is read unbounded; the spectrum size it asks for saturates.
+        let weights = |x: f32| {
+            let t = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, x], (2, 2), &Device::Cpu).unwrap();
+            let map = std::collections::HashMap::from([("model.layers.0.mlp.up_proj.weight".to_string(), t)]);
+            Weights::new(map, std::path::Path::new("adapter"))
+        };
+        let mut rng = StdRng::seed_from_u64(0);
+        let (changed, _, _) = tensor_changes(&weights(4.0), &weights(5.0), Some(usize::MAX), &mut rng).unwrap();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].spectrum.len(), 1, "{:?}", changed[0].spectrum);
     }
 
     #[test]
