@@ -102,7 +102,8 @@ fn symmetric_eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
 
 /// The `k` largest singular values of the matrix `delta` (exact when its rank is at most `k`):
 /// its range sampled by `k` random directions, orthonormalised, and the singular values of
-/// `delta` projected onto it.
+/// `delta` projected onto it. The products run in f64, so that the directions beyond the rank
+/// leave a residual far below the cut-off whatever kernels the CPU's matrix product picks.
 fn top_singular_values(delta: &Tensor, k: usize, rng: &mut StdRng) -> Result<Vec<f64>> {
     let e = needle_runtime::Error::from;
     let (rows, cols) = delta.dims2().map_err(e)?;
@@ -110,14 +111,17 @@ fn top_singular_values(delta: &Tensor, k: usize, rng: &mut StdRng) -> Result<Vec
     if k == 0 {
         return Ok(Vec::new());
     }
-    let omega: Vec<f32> = (0..cols * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let delta = delta.to_dtype(DType::F64).map_err(e)?;
+    let omega: Vec<f64> = (0..cols * k)
+        .map(|_| f64::from(rng.random_range(-1.0f32..1.0)))
+        .collect();
     let omega = Tensor::from_vec(omega, (cols, k), delta.device()).map_err(e)?;
-    let y: Vec<Vec<f32>> = delta.matmul(&omega).and_then(|y| y.to_vec2()).map_err(e)?;
+    let y: Vec<Vec<f64>> = delta.matmul(&omega).and_then(|y| y.to_vec2()).map_err(e)?;
     // Modified Gram–Schmidt on the columns of y, in f64; columns that add nothing are dropped.
     let mut basis: Vec<Vec<f64>> = Vec::new();
-    let scale = y.iter().flatten().map(|&v| f64::from(v).abs()).fold(0.0, f64::max);
+    let scale = y.iter().flatten().map(|v| v.abs()).fold(0.0, f64::max);
     for j in 0..k {
-        let mut v: Vec<f64> = y.iter().map(|row| f64::from(row[j])).collect();
+        let mut v: Vec<f64> = y.iter().map(|row| row[j]).collect();
         for b in &basis {
             let dot: f64 = v.iter().zip(b).map(|(x, y)| x * y).sum();
             v.iter_mut().zip(b).for_each(|(x, y)| *x -= dot * y);
@@ -130,12 +134,12 @@ fn top_singular_values(delta: &Tensor, k: usize, rng: &mut StdRng) -> Result<Vec
     if basis.is_empty() {
         return Ok(Vec::new());
     }
-    let q: Vec<f32> = basis.iter().flatten().map(|&x| x as f32).collect();
-    let q = Tensor::from_vec(q, (basis.len(), rows), delta.device()).map_err(e)?;
-    let b = q.matmul(delta).map_err(e)?;
-    let gram: Vec<Vec<f32>> = b.matmul(&b.t().map_err(e)?).and_then(|g| g.to_vec2()).map_err(e)?;
-    let m = basis.len();
-    let flat: Vec<f64> = gram.iter().flatten().map(|&x| f64::from(x)).collect();
+    let q: Vec<f64> = basis.into_iter().flatten().collect();
+    let m = q.len() / rows;
+    let q = Tensor::from_vec(q, (m, rows), delta.device()).map_err(e)?;
+    let b = q.matmul(&delta).map_err(e)?;
+    let gram: Vec<Vec<f64>> = b.matmul(&b.t().map_err(e)?).and_then(|g| g.to_vec2()).map_err(e)?;
+    let flat: Vec<f64> = gram.into_iter().flatten().collect();
     let mut s: Vec<f64> = symmetric_eigenvalues(flat, m)
         .into_iter()
         .map(|l| l.max(0.0).sqrt())
