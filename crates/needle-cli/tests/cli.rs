@@ -733,6 +733,23 @@ fn zero_batch_is_refused() {
     assert_error(&o, &["--batch"]);
 }
 
+/// A sequence count no machine could hold is refused before the model loads (it used to panic
+/// allocating the requests).
+#[test]
+fn absurd_sequence_counts_are_refused() {
+    let huge = usize::MAX.to_string();
+    for flags in [
+        ["--batch", huge.as_str()],
+        ["--num-beams", huge.as_str()],
+        ["--num-beams", "0"],
+    ] {
+        let o = needle(&["generate", "no-such-model", "--prompt", "x", flags[0], flags[1]]);
+        assert_error(&o, &[flags[0], flags[1]]);
+    }
+    let o = needle(&["bench", "no-such-model", "--batch", "1,70000"]);
+    assert_error(&o, &["--batch", "70000"]);
+}
+
 #[test]
 fn unknown_flag_is_a_usage_error() {
     let o = needle(&["generate", "whatever", "--prompt", "x", "--frobnicate"]);

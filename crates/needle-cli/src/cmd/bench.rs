@@ -38,6 +38,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.prompt_tokens == 0 || args.new_tokens == 0 || args.repeats == 0 || args.batch.contains(&0) {
         bail!("--prompt-tokens, --new-tokens, --repeats and every --batch size must be at least 1");
     }
+    if let Some(b) = args.batch.iter().find(|&&b| b > super::MOST_SEQUENCES) {
+        bail!("every --batch size must be at most {}, not {b}", super::MOST_SEQUENCES);
+    }
     let m = args.model.load()?;
     let text = "The quick brown fox jumps over the lazy dog while the scanner reads every weight. ".repeat(64);
     let mut ids = m.raw_prompt(&text)?;

@@ -62,8 +62,15 @@ pub struct GenerateArgs {
 
 /// Generates and prints.
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
+    if args.batch == 0 || args.batch > super::MOST_SEQUENCES {
+        bail!(
+            "--batch must be from 1 to {}, not {}",
+            super::MOST_SEQUENCES,
+            args.batch
+        );
+    }
+    if let Some(n) = args.num_beams.filter(|&n| n == 0 || n > super::MOST_SEQUENCES) {
+        bail!("--num-beams must be from 1 to {}, not {n}", super::MOST_SEQUENCES);
     }
     let m = args.model.load()?;
     let prompt = match (&args.chat, &args.prompt) {

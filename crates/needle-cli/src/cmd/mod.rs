@@ -139,6 +139,11 @@ fn load_path(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     Ok(loaded?)
 }
 
+/// The most sequences `generate` and `bench` decode at once (`--batch`, `--num-beams`): far more
+/// than fit a KV cache on the machines needle runs on, and low enough that a mistyped count is
+/// refused before anything is allocated for it.
+pub const MOST_SEQUENCES: usize = 65_536;
+
 /// Runs CPU work inside candle's thread pool, which keeps its workers warm across the many
 /// short parallel sections of a forward pass.
 pub struct Candle;
